@@ -1,0 +1,1 @@
+"""Search side: spec, scoring, selection (DP / MIP / evolution), Pareto front, Ray, CLI."""

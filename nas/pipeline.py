@@ -1,0 +1,135 @@
+"""The pipeline of a job, in order, on one screen.
+
+Each stage is a function with typed inputs and outputs. A stage whose record already exists in
+the job's store is not run again (its outputs are read back), so ``resume`` is ``run`` on an
+existing job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nas.errors import JobError
+from nas.spec import SearchSpec
+from nas.store import JobStore
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    loss: float
+    perplexity: float
+    tokens: int
+    wall_s: float
+
+
+@dataclass
+class Prepared:
+    """Output of the first stage: the parent, its calibration data and its baseline."""
+
+    parent: object  # compress.loading.Parent
+    splits: object  # compress.data.TokenSplits
+    baseline: Baseline
+
+
+STAGES = ("baseline", "capture", "bld", "scoring", "selection", "students")
+
+
+def run_job(
+    spec: SearchSpec, store: JobStore, report: Report = print, until: str | None = None
+) -> dict:
+    """Run (or resume) the job's stages in order, stopping after ``until`` if given.
+
+    Returns the manifest at the end. The job's state is ``finished`` only when every stage ran.
+    """
+    if until is not None and until not in STAGES:
+        raise JobError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    store.update_manifest(state="running")
+    try:
+        prepared = stage_baseline(spec, store, report)
+        if until == "baseline":
+            return store.update_manifest(state="stopped")
+        del prepared  # later stages (capture, BLD, scoring, selection, students) consume this
+    except BaseException:
+        store.update_manifest(state="failed")
+        raise
+    return store.update_manifest(state="finished")
+
+
+def stage_baseline(spec: SearchSpec, store: JobStore, report: Report = print) -> Prepared:
+    """Load the parent, prepare the calibration data, record the parent's eval LM loss."""
+    from compress.evaluate import lm_loss
+    from compress.loading import load_parent
+
+    t0 = time.perf_counter()
+    parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
+    report(
+        f"[baseline] loaded {spec.model.source} ({parent.shape.key}) in {time.perf_counter() - t0:.1f}s"
+    )
+    splits = prepare_data(spec, store, parent)
+    if store.stage_done("baseline"):
+        rec = store.read_stage("baseline")
+        report(f"[baseline] done before: loss {rec['loss']:.4f}")
+        return Prepared(
+            parent, splits, Baseline(rec["loss"], rec["perplexity"], rec["tokens"], rec["wall_s"])
+        )
+    t1 = time.perf_counter()
+    result = lm_loss(parent.adapter, splits.eval, batch_size=spec.scoring.batch_size)
+    baseline = Baseline(
+        result["loss"], result["perplexity"], result["tokens"], time.perf_counter() - t1
+    )
+    store.write_stage(
+        "baseline",
+        {
+            "model": spec.model.source,
+            "shape": parent.shape.to_dict(),
+            "data": splits.summary(),
+            "loss": baseline.loss,
+            "perplexity": baseline.perplexity,
+            "tokens": baseline.tokens,
+            "wall_s": baseline.wall_s,
+        },
+    )
+    report(
+        f"[baseline] eval loss {baseline.loss:.4f} nats/token, perplexity {baseline.perplexity:.3f} "
+        f"over {baseline.tokens} tokens in {baseline.wall_s:.1f}s"
+    )
+    return Prepared(parent, splits, baseline)
+
+
+def prepare_data(spec: SearchSpec, store: JobStore, parent):
+    """Calibration splits, made once per job and kept in ``data/splits.safetensors``."""
+    from safetensors.torch import load_file, save_file
+
+    from compress.atomic import atomic_write
+    from compress.data import TokenSplits, generated_calibration, text_calibration
+
+    path = store.path("data", "splits.safetensors")
+    if path.exists():
+        tensors = load_file(str(path))
+        return TokenSplits(train=tensors["train"], eval=tensors["eval"])
+    d = spec.data
+    if d.source == "text":
+        splits = text_calibration(
+            parent.tokenizer, d.files, d.seq_len, d.train_tokens, d.eval_tokens, d.seed, d.separator
+        )
+    else:
+        splits = generated_calibration(
+            parent.adapter, parent.tokenizer, d.seq_len, d.train_tokens, d.eval_tokens, d.seed
+        )
+    atomic_write(
+        path,
+        lambda tmp: save_file(
+            {"train": splits.train.contiguous(), "eval": splits.eval.contiguous()}, str(tmp)
+        ),
+    )
+    return splits
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

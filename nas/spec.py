@@ -1,0 +1,235 @@
+"""The search spec: the YAML a user writes (search_spaces/*.yaml), one schema, one loader.
+
+Every section is a pydantic model with ``extra="forbid"``, so an unknown key is an error that
+names its dotted path. Relative paths are resolved against the spec file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compress.loading import DEFAULT_MODELS
+from nas.errors import SpecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    source: str = Field("smollm2-135m", description="HF folder, .gguf file, or a named default")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class DataSection(_Section):
+    source: Literal["text", "generated"] = "text"
+    files: list[str] = Field(default_factory=list, description="text files (source: text)")
+    separator: str = "\n<|endoftext|>\n"
+    seq_len: int = Field(256, ge=8)
+    train_tokens: int = Field(65536, gt=0)
+    eval_tokens: int = Field(16384, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _files_for_text(self):
+        if self.source == "text" and not self.files:
+            raise ValueError("source 'text' needs at least one file in data.files")
+        return self
+
+
+class PrefilterSection(_Section):
+    keep_per_layer: int = Field(..., ge=1, description="variants of each kind kept per layer")
+
+
+class SpaceSection(_Section):
+    """Variants to build per layer. FFN widths: integers, or ratios (0, 1) of the parent's."""
+
+    attention: list[str | int] = Field(default_factory=lambda: ["parent", "noop"])
+    ffn: list[str | int | float] = Field(default_factory=lambda: ["parent", 0.5, "noop"])
+    prefilter: PrefilterSection | None = None
+
+
+class BLDSection(_Section):
+    tokens: int = Field(32768, gt=0, description="training tokens per variant")
+    batch_size: int = Field(8, ge=1, description="sequences per step")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    seed: int = 0
+
+
+class ScoringSection(_Section):
+    metric: Literal["kl", "lm_loss"] = "kl"
+    eval_tokens: int | None = Field(None, gt=0, description="tokens of the eval split to score on")
+    batch_size: int = Field(8, ge=1)
+
+
+class MeasureSection(_Section):
+    backend: Literal["onnxruntime-cpu", "torch-cpu", "torch-cuda", "tensorrt"] = "onnxruntime-cpu"
+    threads: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    repeats: int = Field(20, ge=3)
+    warmup: int = Field(3, ge=0)
+
+
+class PhaseSection(_Section):
+    phase: Literal["prefill", "decode"]
+    batch: int = Field(1, ge=1)
+    seq: int | None = Field(None, ge=1, description="prefill tokens")
+    context: int | None = Field(None, ge=1, description="decode: KV-cache tokens")
+
+
+class HardwareSection(_Section):
+    profiles: list[str] = Field(
+        default_factory=list, description="profile files (hwprofiles/*.json)"
+    )
+    measure: MeasureSection | None = None
+    phases: list[PhaseSection] = Field(default_factory=list, description="phases to measure")
+
+
+class TargetSection(_Section):
+    """One budget sweep: values are absolute or, with ``relative: true``, ratios of the parent."""
+
+    metric: Literal[
+        "prefill_latency_ms",
+        "decode_latency_ms",
+        "params",
+        "memory_mib",
+        "throughput_tps",
+        "ttft_ms",
+    ]
+    values: list[float] = Field(..., min_length=1)
+    relative: bool = True
+
+
+class StrategySection(_Section):
+    names: list[Literal["puzzle-mip", "amoeba-dp", "diswot-evolution"]] = Field(
+        default_factory=lambda: ["puzzle-mip"]
+    )
+    solutions_per_budget: int = Field(1, ge=1)
+    diversity_layers: int = Field(1, ge=1)
+    time_limit_s: float = Field(10.0, gt=0)
+    keep_last_layers: int = Field(0, ge=0)
+    trials: int = Field(32, ge=1, description="diswot-evolution trials")
+
+
+class GKDSection(_Section):
+    tokens: int = Field(16384, gt=0)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    hidden_weight: float = Field(1.0, ge=0)
+
+
+class ExportSection(_Section):
+    formats: list[Literal["onnx", "tensorrt", "hf"]] = Field(default_factory=lambda: ["onnx"])
+    points: Literal["front", "none"] = "front"
+    measure: bool = True
+    gkd: GKDSection | None = None
+
+
+class RaySection(_Section):
+    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
+    num_cpus: int | None = Field(None, ge=1)
+    storage: str | None = Field(None, description="results root shared by the cluster")
+    latency_resource: str | None = Field(None, description='custom resource, e.g. "hw:h100"')
+
+
+class SearchSpec(_Section):
+    name: str = "job"
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=lambda: DataSection(source="generated"))
+    space: SpaceSection = Field(default_factory=SpaceSection)
+    bld: BLDSection = Field(default_factory=BLDSection)
+    scoring: ScoringSection = Field(default_factory=ScoringSection)
+    hardware: HardwareSection = Field(default_factory=HardwareSection)
+    targets: list[TargetSection] = Field(default_factory=list)
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    ray: RaySection = Field(default_factory=RaySection)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value.startswith("."):
+            raise ValueError("name must be a plain word (no path separators)")
+        return value
+
+
+def load_spec(path: str | Path) -> SearchSpec:
+    """Read, validate and resolve a spec file. Raises ``SpecError`` with a one-line message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a mapping of sections, got {type(raw).__name__}")
+    return parse_spec(raw, base_dir=path.parent, origin=str(path))
+
+
+def parse_spec(raw: dict, base_dir: Path | str = ".", origin: str = "spec") -> SearchSpec:
+    """Validate a spec given as a mapping; relative paths resolve against ``base_dir``."""
+    try:
+        spec = SearchSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{origin}: {_describe(exc)}") from None
+    return _resolve_paths(spec, Path(base_dir), origin)
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"'{loc or '<root>'}': {msg}{more}"
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_paths(spec: SearchSpec, base: Path, origin: str) -> SearchSpec:
+    model_source = spec.model.source
+    if model_source not in DEFAULT_MODELS:
+        model_source = _resolve(base, model_source)
+        if not Path(model_source).exists():
+            raise SpecError(
+                f"{origin}: 'model.source': {model_source} does not exist "
+                f"(a HF folder, a .gguf file, or one of {', '.join(DEFAULT_MODELS)})"
+            )
+    files = [_resolve(base, f) for f in spec.data.files]
+    for f in files:
+        if not Path(f).is_file():
+            raise SpecError(f"{origin}: 'data.files': {f} does not exist")
+    profiles = [_resolve(base, f) for f in spec.hardware.profiles]
+    for f in profiles:
+        if not Path(f).is_file():
+            raise SpecError(f"{origin}: 'hardware.profiles': {f} does not exist")
+    storage = spec.ray.storage
+    if storage is not None and "://" not in storage:
+        storage = _resolve(base, storage)
+    return spec.model_copy(
+        update={
+            "model": spec.model.model_copy(update={"source": model_source}),
+            "data": spec.data.model_copy(update={"files": files}),
+            "hardware": spec.hardware.model_copy(update={"profiles": profiles}),
+            "ray": spec.ray.model_copy(update={"storage": storage}),
+        }
+    )

@@ -1,0 +1,39 @@
+"""Shared fixtures: real models and text from ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (ROOT.parent / "shared" / "data").resolve()
+STORIES = DATA / "models" / "stories260K"
+TINYSTORIES = DATA / "text" / "tinystories_val_1000.txt"
+TINY_SPEC = ROOT / "search_spaces" / "tiny.yaml"
+QUICKSTART_SPEC = ROOT / "search_spaces" / "quickstart.yaml"
+
+# keep tests on the machine's cores and quiet
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def need_shared_data() -> None:
+    if not STORIES.exists() or not TINYSTORIES.exists():
+        pytest.skip(f"shared data not found at {DATA} (tests read ../shared/data)")
+
+
+@pytest.fixture(scope="session")
+def stories_parent():
+    need_shared_data()
+    from compress.loading import load_parent
+
+    return load_parent(STORIES)
+
+
+@pytest.fixture(scope="session")
+def tiny_splits(stories_parent):
+    from compress.data import text_calibration
+
+    return text_calibration(stories_parent.tokenizer, [TINYSTORIES], 128, 32768, 8192, seed=0)
