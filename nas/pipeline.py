@@ -51,8 +51,10 @@ def run_job(
     try:
         prepared = stage_baseline(spec, store, report)
         if until == "baseline":
-            return store.update_manifest(state="stopped")
-        del prepared  # later stages (capture, BLD, scoring, selection, students) consume this
+            return store.update_manifest(state="stopped", stopped_after=until)
+        # Later stages, each one line here, in this order, each with its own `until` check:
+        # capture -> bld -> scoring -> selection -> students
+        del prepared
     except BaseException:
         store.update_manifest(state="failed")
         raise
