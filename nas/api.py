@@ -58,3 +58,28 @@ def resume(
 
 def jobs(results: str | Path | None = None) -> list[dict]:
     return list_jobs(results_root(None, results))
+
+
+def submit(spec_path: str | Path, address: str, job_id: str | None = None, results: str | Path | None = None) -> str:
+    """Submit a spec to a Ray cluster; results land in ``--results``/``ray.storage``."""
+    from nas import cluster
+
+    spec = load_spec(spec_path)
+    root = results_root(spec, results)
+    return cluster.submit(spec, address, job_id or new_job_id(spec.name), Path(root))
+
+
+def wait(address: str, job_id: str, timeout_s: float = 3600) -> str:
+    from nas import cluster
+
+    return cluster.wait(address, job_id, timeout_s)
+
+
+def status(job_id: str, results: str | Path | None = None, address: str | None = None) -> dict:
+    """The store's view of a job (stage, items done) plus the Ray state when ``address`` is given."""
+    from nas import cluster
+
+    info = cluster.progress(JobStore.open(results_root(None, results), job_id))
+    if address:
+        info["ray"] = cluster.ray_status(address, job_id)
+    return info

@@ -87,6 +87,79 @@ def jobs(results: Path | None = ResultsOpt) -> None:
     console.print(table)
 
 
+@app.command()
+def submit(
+    spec: Path = typer.Argument(..., help="search spec (YAML)"),
+    address: str = typer.Option(..., "--address", help="Ray job server, e.g. http://HOST:8265"),
+    job_id: str | None = typer.Option(None, "--job-id"),
+    results: Path | None = ResultsOpt,
+    wait: bool = typer.Option(False, "--wait", help="block until the job ends"),
+) -> None:
+    """Run a spec as a job on a Ray cluster (Ray Job Submission API); prints the job id."""
+    from nas import api
+
+    job = api.submit(spec, address, job_id, results)
+    print(job)
+    if wait:
+        state = api.wait(address, job)
+        _say(f"job {job}: {state}")
+        if state != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    job_id: str = typer.Argument(...),
+    address: str | None = typer.Option(None, "--address", help="also ask this Ray job server"),
+    results: Path | None = ResultsOpt,
+) -> None:
+    """A job's state, its current stage and how many items of each stage are done."""
+    from nas import api
+
+    info = api.status(job_id, results, address)
+    _say(f"job {info['job_id']}: {info['state']}" + (f" (ray: {info['ray']})" if info.get("ray") else ""))
+    _say(f"stages done: {', '.join(info['stages_done']) or 'none'}")
+    for stage, count in info["items"].items():
+        _say(f"  {stage}: {count['done']}/{count['total']}")
+
+
+@app.command()
+def logs(
+    job_id: str = typer.Argument(...),
+    address: str = typer.Option(..., "--address"),
+    follow: bool = typer.Option(False, "--follow", "-f"),
+) -> None:
+    """Print (or follow) a cluster job's logs."""
+    from nas import cluster
+
+    if follow:
+        cluster.follow_logs(address, job_id, lambda chunk: print(chunk, end="", flush=True))
+    else:
+        print(cluster.logs(address, job_id), end="")
+
+
+@app.command()
+def cancel(job_id: str = typer.Argument(...), address: str = typer.Option(..., "--address")) -> None:
+    """Stop a cluster job (finished work stays; `nas resume` continues it)."""
+    from nas import cluster
+
+    stopped = cluster.cancel(address, job_id)
+    _say(f"job {job_id}: {'stop requested' if stopped else 'already finished'}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    results: Path = typer.Option(Path("results"), "--results"),
+    token_file: str | None = typer.Option(None, "--token-file", help="else $NAS_API_TOKEN"),
+) -> None:
+    """Serve the HTTP API (jobs, status, Pareto queries, export)."""
+    from nas import service
+
+    service.serve(host, port, results, token_file)
+
+
 def main() -> None:
     try:
         app()

@@ -102,6 +102,13 @@ class JobStore:
         done = [s for s in manifest.get("stages_done", []) if s != stage] + [stage]
         self.update_manifest(stages_done=done)
 
+    def set_progress(self, stage: str, done: int, total: int) -> None:
+        """Record that ``stage`` is running with ``done`` of ``total`` items finished."""
+        manifest = self.manifest()
+        progress = dict(manifest.get("progress", {}))
+        progress[stage] = {"done": int(done), "total": int(total)}
+        self.update_manifest(current_stage=stage, progress=progress)
+
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
 

@@ -1,0 +1,52 @@
+"""Jobs on a real Ray cluster (head + one worker as separate processes on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY_SPEC, need_shared_data
+from tests.ray_cluster import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    need_shared_data()
+    c = LocalCluster()
+    yield c
+    c.stop()
+
+
+def nas(*args, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "nas.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def test_submit_wait_and_read_front(cluster, tmp_path):
+    out = nas(
+        "submit",
+        TINY_SPEC,
+        "--address",
+        cluster.address,
+        "--job-id",
+        "clus1",
+        "--results",
+        tmp_path,
+        "--wait",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == "clus1"
+    manifest = json.loads((tmp_path / "clus1" / "manifest.json").read_text())
+    assert manifest["state"] == "finished"
+    status = nas("status", "clus1", "--results", tmp_path, "--address", cluster.address)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    logs = nas("logs", "clus1", "--address", cluster.address)
+    assert "baseline" in logs.stdout
