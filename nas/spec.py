@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from compress.loading import DEFAULT_MODELS
+from compress.shape import DEFAULT_MODELS
 from nas.errors import SpecError
 
 
@@ -60,6 +60,11 @@ class BLDSection(_Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     seed: int = 0
+    init_tokens: int = Field(2048, gt=0, description="train tokens used to initialise variants")
+    eval_tokens: int = Field(2048, gt=0, description="eval-split tokens nMSE is measured on")
+    activation_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the captured activations on disk"
+    )
 
 
 class ScoringSection(_Section):

@@ -1,0 +1,484 @@
+"""The Pareto front of a job: build it from the selection strategies, store it, query it, plot it.
+
+Files under ``results/<job>/pareto/`` (each written atomically):
+
+- ``front.json``: a list of point records; ``front.csv``: the same table (``choices`` as a JSON
+  string). Columns: ``point_id`` (stable: a hash of the choices), ``strategy``, ``target`` (the
+  budget it answers, e.g. ``prefill_latency_ms<=3.2``; empty for points not from a budget),
+  ``status``, ``choices`` (per layer ``[attention canonical, ffn canonical]``),
+  ``predicted_<latency metric>`` for each profiled phase, ``params``, ``memory_mib``,
+  ``predicted_kl`` (summed replace-one-block scores), and ``measured_latency_ms``,
+  ``measured_kl``, ``measured_lm_loss``, ``measured_perplexity`` (empty until students are
+  measured; see ``record_measurement``).
+- ``meta.json``: the primary metric (x axis; what ``max_latency_ms`` filters), the parent point,
+  the smallest achievable cost per metric, the targets, infeasible targets and counts.
+- ``baselines.json`` (optional): records with ``label`` plus the same cost / quality columns,
+  e.g. the greedy selection at the same budgets; plotted, never part of the front.
+- ``problem.json``: the ``SelectionProblem`` the front was built from.
+
+Pure Python + pandas; matplotlib is imported only to write a PNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from compress.atomic import atomic_write_json, atomic_write_text
+from nas.selection.costs import (
+    LATENCY_METRICS,
+    Budget,
+    Choices,
+    Infeasible,
+    SelectionProblem,
+    resolve_target,
+)
+from nas.selection.errors import FrontMissing, NoPointFits, SelectionError
+from nas.selection.greedy import solve_greedy
+from nas.selection.mip import solve_mip
+
+FRONT_DIR = "pareto"
+MEASURED_COLUMNS = ("measured_latency_ms", "measured_kl", "measured_lm_loss", "measured_perplexity")
+STRATEGIES_WITH_BUDGETS = ("puzzle-mip", "greedy")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One budget sweep, as in the spec's ``targets``: values absolute or ratios of the parent."""
+
+    metric: str
+    values: tuple[float, ...]
+    relative: bool = True
+
+    @classmethod
+    def of(cls, section) -> Target:
+        """From a spec's ``TargetSection`` (anything with ``metric``, ``values``, ``relative``)."""
+        return cls(section.metric, tuple(float(v) for v in section.values), bool(section.relative))
+
+
+@dataclass(frozen=True)
+class CandidatePoint:
+    """A student proposed by a strategy that does not take budgets (``amoeba-dp``,
+    ``diswot-evolution``): its per-layer choices and, optionally, its own quality estimate
+    (otherwise the summed scores of its options)."""
+
+    strategy: str
+    choices: Choices
+    predicted_kl: float | None = None
+    target: str = ""
+
+
+@dataclass
+class FrontResult:
+    """``front``: the non-dominated points sorted by the primary metric; ``baselines``: baseline
+    points (not part of the front); ``meta``: see the module docstring."""
+
+    front: pd.DataFrame
+    baselines: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+
+def cost_column(metric: str) -> str:
+    """Front column of a cost metric: latencies are ``predicted_<metric>``, others as they are."""
+    return f"predicted_{metric}" if metric in LATENCY_METRICS else metric
+
+
+def point_id(choices: Choices) -> str:
+    digest = hashlib.sha1(json.dumps([list(c) for c in choices]).encode()).hexdigest()
+    return f"p{digest[:10]}"
+
+
+def select_front(
+    problem: SelectionProblem,
+    targets: Sequence[Target],
+    strategies_points: Sequence[CandidatePoint] = (),
+    *,
+    strategies: Sequence[str] = ("puzzle-mip",),
+    baselines: Sequence[str] = ("greedy",),
+    solutions_per_budget: int = 1,
+    diversity_layers: int = 1,
+    time_limit_s: float = 10.0,
+    batch: int = 1,
+    on_infeasible: str = "raise",
+) -> FrontResult:
+    """Sweep every target value with the budgeted strategies, add the other strategies' points,
+    drop dominated points, and return the front (the selection stage's whole job, pure).
+
+    Inputs: ``problem`` (scores and costs per option); ``targets`` (each value becomes a budget via
+    ``resolve_target``; ``batch`` is the decode batch for throughput targets); ``strategies_points``
+    (points of ``amoeba-dp`` / ``diswot-evolution``, costed here from their choices);
+    ``strategies``: which budgeted strategies to run per value (``puzzle-mip``, ``greedy``);
+    ``baselines``: budgeted strategies run per value whose points go to ``baselines`` instead.
+
+    A point is dominated when another is no worse on every target metric (the primary one when
+    there are no targets) and on ``predicted_kl``, and better on one; identical choices are kept
+    once (first strategy wins). An infeasible target value raises ``InfeasibleBudget`` (one line,
+    naming the smallest achievable value) unless ``on_infeasible="record"``, which lists it in
+    ``meta["infeasible"]``. Raises ``SelectionError`` if nothing at all is found.
+
+    Output: ``FrontResult`` with ``front`` (columns as in the module docstring, sorted by the
+    primary cost), ``baselines`` (same columns plus ``label``) and ``meta``; store it with
+    ``write_front(job_dir, result, problem)``. The pipeline's selection stage is expected to do::
+
+        targets = [Target.of(t) for t in spec.targets]
+        points = [CandidatePoint("amoeba-dp", mask_choices(m.mask)) for m in dp_masks]  # if asked
+        result = select_front(
+            problem, targets, points,
+            strategies=["puzzle-mip"] if "puzzle-mip" in spec.strategy.names else [],
+            solutions_per_budget=spec.strategy.solutions_per_budget,
+            diversity_layers=spec.strategy.diversity_layers,
+            time_limit_s=spec.strategy.time_limit_s, batch=decode_batch,
+        )
+        write_front(store.dir, result, problem)
+    """
+    unknown = set(strategies) | set(baselines)
+    unknown -= set(STRATEGIES_WITH_BUDGETS)
+    if unknown:
+        raise SelectionError(f"unknown budgeted strategies {sorted(unknown)}")
+    budgets = [
+        resolve_target(problem, t.metric, v, t.relative, batch) for t in targets for v in t.values
+    ]
+    metrics = []
+    for b in budgets:
+        if b.metric not in metrics:
+            metrics.append(b.metric)
+    if not metrics:
+        metrics = [next((m for m in LATENCY_METRICS if m in problem.metrics), problem.metrics[0])]
+    rows, baseline_rows, infeasible = [], [], []
+    for budget in budgets:
+        for strategy in (*strategies, *baselines):
+            result = _solve(
+                problem,
+                budget,
+                strategy,
+                solutions_per_budget,
+                diversity_layers,
+                time_limit_s,
+                batch,
+            )
+            if isinstance(result, Infeasible):
+                if on_infeasible == "raise":
+                    raise result.error()
+                if result.message() not in infeasible:
+                    infeasible.append(result.message())
+                continue
+            target_rows = baseline_rows if strategy in baselines else rows
+            for solution in result:
+                target_rows.append(
+                    _row(
+                        problem,
+                        solution.choices,
+                        strategy,
+                        budget.label,
+                        solution.status,
+                        solution.score,
+                    )
+                )
+    for point in strategies_points:
+        indices = problem.indices(point.choices)
+        kl = problem.score(indices) if point.predicted_kl is None else float(point.predicted_kl)
+        rows.append(
+            _row(problem, problem.names(indices), point.strategy, point.target, "heuristic", kl)
+        )
+    if not rows:
+        raise SelectionError(
+            "selection found no student: "
+            + ("; ".join(infeasible) if infeasible else "no targets and no strategy points")
+        )
+    candidates = len(rows)
+    front = _non_dominated(_dedupe(rows), [cost_column(m) for m in metrics])
+    parent = problem.parent_indices()
+    meta = {
+        "version": 1,
+        "primary_metric": metrics[0],
+        "primary_column": cost_column(metrics[0]),
+        "objectives": [cost_column(m) for m in metrics] + ["predicted_kl"],
+        "latency_metrics": [m for m in LATENCY_METRICS if m in problem.metrics],
+        "parent": {cost_column(m): v for m, v in problem.costs(parent).items()}
+        | {"predicted_kl": 0.0},
+        "smallest": {cost_column(m): problem.min_cost(m) for m in problem.metrics},
+        "targets": [b.label for b in budgets],
+        "budgets": [{"metric": b.metric, "value": b.value, "label": b.label} for b in budgets],
+        "infeasible": infeasible,
+        "candidates": candidates,
+        "points": len(front),
+        "batch": batch,
+    }
+    columns = _columns(problem)
+    front_frame = pd.DataFrame(front, columns=columns).sort_values(
+        [meta["primary_column"], "predicted_kl"], kind="stable", ignore_index=True
+    )
+    base_frame = pd.DataFrame(_dedupe(baseline_rows), columns=columns)
+    base_frame.insert(0, "label", base_frame["strategy"])
+    return FrontResult(front_frame, base_frame, meta)
+
+
+def _solve(problem, budget: Budget, strategy, solutions, diversity, time_limit_s, batch):
+    if strategy == "greedy":
+        return solve_greedy(problem, [budget], batch=batch)
+    return solve_mip(
+        problem,
+        [budget],
+        solutions=solutions,
+        diversity_layers=diversity,
+        time_limit_s=time_limit_s,
+        batch=batch,
+    )
+
+
+def _columns(problem: SelectionProblem) -> list[str]:
+    latency = [cost_column(m) for m in LATENCY_METRICS if m in problem.metrics]
+    return [
+        "point_id",
+        "strategy",
+        "target",
+        "status",
+        "choices",
+        *latency,
+        "params",
+        "memory_mib",
+        "predicted_kl",
+        *MEASURED_COLUMNS,
+    ]
+
+
+def _row(problem, choices: Choices, strategy, target, status, kl) -> dict:
+    indices = problem.indices(choices)
+    row = {
+        "point_id": point_id(choices),
+        "strategy": strategy,
+        "target": target,
+        "status": status,
+        "choices": [list(c) for c in choices],
+        "predicted_kl": float(kl),
+    }
+    for metric, value in problem.costs(indices).items():
+        row[cost_column(metric)] = value
+    for column in MEASURED_COLUMNS:
+        row[column] = None
+    return row
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for row in rows:
+        if row["point_id"] not in seen:
+            seen.add(row["point_id"])
+            out.append(row)
+    return out
+
+
+def _non_dominated(rows: list[dict], columns: list[str]) -> list[dict]:
+    keys = [*columns, "predicted_kl"]
+    out = []
+    for row in rows:
+        dominated = any(
+            all(other[k] <= row[k] for k in keys) and any(other[k] < row[k] for k in keys)
+            for other in rows
+            if other is not row
+        )
+        if not dominated:
+            out.append(row)
+    return out
+
+
+# --- storage ------------------------------------------------------------------------------------
+def front_dir(job_dir: str | Path) -> Path:
+    return Path(job_dir) / FRONT_DIR
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    out = []
+    for record in frame.to_dict("records"):
+        out.append({k: _plain(v) for k, v in record.items()})
+    return out
+
+
+def _plain(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        return _plain(value.item())
+    return value
+
+
+def _write_table(folder: Path, name: str, frame: pd.DataFrame) -> None:
+    records = _records(frame)
+    atomic_write_text(
+        folder / f"{name}.json", json.dumps(records, indent=1, allow_nan=False) + "\n"
+    )
+    flat = frame.copy()
+    if "choices" in flat:
+        flat["choices"] = [json.dumps(c) for c in flat["choices"]]
+    atomic_write_text(folder / f"{name}.csv", flat.to_csv(index=False))
+
+
+def write_front(
+    job_dir: str | Path, result: FrontResult, problem: SelectionProblem | None = None
+) -> Path:
+    """Store a front (and its baselines, meta and problem) under ``<job_dir>/pareto``."""
+    folder = front_dir(job_dir)
+    if problem is not None:
+        atomic_write_json(folder / "problem.json", problem.to_dict())
+    if len(result.baselines):
+        atomic_write_text(
+            folder / "baselines.json",
+            json.dumps(_records(result.baselines), indent=1, allow_nan=False) + "\n",
+        )
+    atomic_write_json(folder / "meta.json", result.meta)
+    _write_table(folder, "front", result.front)
+    return folder
+
+
+def read_meta(job_dir: str | Path) -> dict:
+    path = front_dir(job_dir) / "meta.json"
+    if not path.exists():
+        raise FrontMissing(
+            f"{Path(job_dir).name} has no Pareto front yet; run the job through its selection stage"
+        )
+    return json.loads(path.read_text())
+
+
+def read_front(job_dir: str | Path) -> pd.DataFrame:
+    """The whole stored front (``choices`` as lists), in stored order."""
+    meta = read_meta(job_dir)
+    path = front_dir(job_dir) / "front.json"
+    if not path.exists():
+        raise FrontMissing(f"{Path(job_dir).name} has no pareto/front.json; rerun selection")
+    frame = pd.DataFrame(json.loads(path.read_text()))
+    for column in MEASURED_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame.attrs["meta"] = meta
+    return frame
+
+
+def read_baselines(job_dir: str | Path) -> pd.DataFrame:
+    """Baseline points (``baselines.json``), or an empty frame when the job has none."""
+    path = front_dir(job_dir) / "baselines.json"
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.DataFrame(json.loads(path.read_text()))
+
+
+def latency_column(meta: dict) -> str | None:
+    """The column ``max_latency_ms`` filters on: the primary metric if it is a latency, else the
+    first profiled latency; None without any latency."""
+    if meta["primary_metric"] in LATENCY_METRICS:
+        return meta["primary_column"]
+    return cost_column(meta["latency_metrics"][0]) if meta.get("latency_metrics") else None
+
+
+def query_front(
+    job_dir: str | Path,
+    max_latency_ms: float | None = None,
+    max_memory_mib: float | None = None,
+) -> pd.DataFrame:
+    """Points of the stored front within the limits, sorted by latency (else the primary cost).
+
+    Raises ``FrontMissing`` without a front, ``SelectionError`` for a latency limit on a front
+    without latency, and ``NoPointFits`` (one line naming the fastest / smallest point and the
+    smallest value the library can reach) when the limits exclude every point.
+    """
+    frame = read_front(job_dir)
+    meta = frame.attrs["meta"]
+    latency = latency_column(meta)
+    order = latency or meta["primary_column"]
+    keep = pd.Series(True, index=frame.index)
+    for limit, column, unit in (
+        (max_latency_ms, latency, "ms"),
+        (max_memory_mib, "memory_mib", "MiB"),
+    ):
+        if limit is None:
+            continue
+        if column is None:
+            raise SelectionError(
+                "this front has no latency column; profile a phase to filter on it"
+            )
+        if not (frame[column] <= limit).any():
+            smallest = meta.get("smallest", {}).get(column)
+            reach = (
+                f"; the smallest {column} this library can reach is {smallest:.6g} {unit} "
+                "(add a lower target and rerun selection)"
+                if smallest is not None
+                else ""
+            )
+            raise NoPointFits(
+                f"no point of the front has {column} <= {limit:g} {unit}: the smallest on the "
+                f"front is {frame[column].min():.6g} {unit}{reach}"
+            )
+        keep &= frame[column] <= limit
+    out = frame[keep].sort_values([order, "predicted_kl"], kind="stable", ignore_index=True)
+    if out.empty:
+        raise NoPointFits(
+            f"no point of the front meets latency <= {max_latency_ms} ms and memory <= "
+            f"{max_memory_mib} MiB together; loosen one of them"
+        )
+    out.attrs["meta"] = meta
+    return out
+
+
+def record_measurement(job_dir: str | Path, point_id: str, **measured: float) -> None:
+    """Fill ``measured_*`` columns of one point (keys: ``latency_ms``, ``kl``, ``lm_loss``,
+    ``perplexity``) and rewrite the front atomically."""
+    frame = read_front(job_dir)
+    if point_id not in set(frame["point_id"]):
+        raise SelectionError(f"no point {point_id} in the front of {Path(job_dir).name}")
+    for key, value in measured.items():
+        column = f"measured_{key}"
+        if column not in MEASURED_COLUMNS:
+            raise SelectionError(f"unknown measurement {key!r}; known: {MEASURED_COLUMNS}")
+        frame[column] = frame[column].astype(object)
+        frame.loc[frame["point_id"] == point_id, column] = float(value)
+    _write_table(front_dir(job_dir), "front", frame)
+
+
+def plot_front(job_dir: str | Path, path: str | Path) -> Path:
+    """Write the latency-vs-quality plot of a stored front: ``.png`` (matplotlib) or ``.html``
+    (self-contained SVG). Shows the parent, the front and the baselines when present."""
+    from nas.pareto_plot import plot
+
+    frame = read_front(job_dir)
+    return plot(frame, frame.attrs["meta"], read_baselines(job_dir), Path(path))
+
+
+# --- text forms for the CLI ---------------------------------------------------------------------
+def front_json(frame: pd.DataFrame) -> str:
+    """The points as a JSON list of records (``choices`` as lists, empty values as null)."""
+    return json.dumps(_records(frame), allow_nan=False)
+
+
+def front_csv(frame: pd.DataFrame) -> str:
+    flat = frame.copy()
+    flat["choices"] = [json.dumps(c) for c in flat["choices"]]
+    return flat.to_csv(index=False)
+
+
+def front_table(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a compact human table (choices summarised, measured columns when any)."""
+    latency = [c for c in frame.columns if c.startswith("predicted_") and c != "predicted_kl"]
+    measured = [c for c in MEASURED_COLUMNS if c in frame and frame[c].notna().any()]
+    short = [c.removeprefix("predicted_").replace("_latency_ms", " ms") for c in latency]
+    header = ["point", "strategy", *short, "params M", "mem MiB", "pred. KL"]
+    header += [c.removeprefix("measured_").join(("meas. ", "")) for c in measured] + ["changed"]
+    rows = []
+    for _, r in frame.iterrows():
+        changed = sum(1 for a, f in r["choices"] if a != "attention:parent" or f != "ffn:parent")
+        rows.append(
+            [str(r["point_id"]), str(r["strategy"])]
+            + [_short(r[c]) for c in latency]
+            + [_short(r["params"] / 1e6), _short(r["memory_mib"]), _short(r["predicted_kl"])]
+            + [_short(r[c]) if pd.notna(r[c]) else "" for c in measured]
+            + [f"{changed}/{len(r['choices'])}"]
+        )
+    return header, rows
+
+
+def _short(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
