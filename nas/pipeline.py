@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nas.bld_stage import stage_bld, stage_capture
 from nas.errors import JobError
+from nas.scoring_stage import stage_scoring
 from nas.spec import SearchSpec
 from nas.store import JobStore
 
@@ -52,9 +54,18 @@ def run_job(
         prepared = stage_baseline(spec, store, report)
         if until == "baseline":
             return store.update_manifest(state="stopped", stopped_after=until)
+        captured = stage_capture(spec, store, prepared, report)
+        if until == "capture":
+            return store.update_manifest(state="stopped", stopped_after=until)
+        library = stage_bld(spec, store, prepared, captured, report)
+        if until == "bld":
+            return store.update_manifest(state="stopped", stopped_after=until)
+        scores = stage_scoring(spec, store, prepared, report)
+        if until == "scoring":
+            return store.update_manifest(state="stopped", stopped_after=until)
         # Later stages, each one line here, in this order, each with its own `until` check:
-        # capture -> bld -> scoring -> selection -> students
-        del prepared
+        # selection -> students
+        del prepared, library, scores
     except BaseException:
         store.update_manifest(state="failed")
         raise

@@ -1,0 +1,362 @@
+"""The capture and BLD stages: parent activations to disk, then one Ray task per variant.
+
+``stage_capture`` records the parent's per-layer subblock inputs/outputs on the first
+``bld.tokens`` tokens of the train split (``activations/train``) and on ``bld.eval_tokens``
+tokens of the eval split (``activations/heldout``, where nMSE is measured).
+``stage_bld`` trains every trainable (layer, variant) of the space that is not yet in
+``library/``: each is one Ray task that reads the activations from disk by path (no big tensor
+goes through the object store), trains with ``compress.bld.train_variant`` and writes its own
+files atomically. Finished variants are skipped, so a resumed job trains only what is missing.
+Ray runs in-process on this machine unless ``ray.address`` names a cluster (whose workers
+must then see the job folder at the same path).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.variants import VariantSpec, parse_space
+from nas.errors import JobError
+from nas.ray_runtime import task_options
+from nas.spec import SearchSpec
+from nas.store import JobStore
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Captured:
+    """Output of the capture stage: the two activation folders."""
+
+    train_dir: Path
+    heldout_dir: Path
+    train_tokens: int
+    heldout_tokens: int
+
+
+@dataclass(frozen=True)
+class BLDResult:
+    """Output of the BLD stage. ``complete`` is False when ``limit`` stopped it early."""
+
+    library_dir: Path
+    total: int
+    trained: int
+    skipped: int
+    complete: bool
+    wall_s: float
+
+
+def bld_config(spec: SearchSpec):
+    """The spec's ``bld`` section as a ``compress.bld.BLDConfig``."""
+    from compress.bld import BLDConfig
+
+    b = spec.bld
+    return BLDConfig(
+        tokens=b.tokens,
+        batch_size=b.batch_size,
+        lr=b.lr,
+        weight_decay=b.weight_decay,
+        warmup_fraction=b.warmup_fraction,
+        seed=b.seed,
+        init_tokens=b.init_tokens,
+        eval_batch_size=spec.scoring.batch_size,
+    )
+
+
+def space_variants(spec: SearchSpec, shape) -> tuple[list[VariantSpec], list[VariantSpec]]:
+    """The space's canonical (attention, FFN) variants for ``shape``; bad entries -> SpecError."""
+    from nas.errors import SpecError
+
+    try:
+        return parse_space(list(spec.space.attention), list(spec.space.ffn), shape)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def planned_variants(spec: SearchSpec, shape) -> list[tuple[int, VariantSpec]]:
+    """Every (layer, variant) BLD trains, in a fixed order (layer, then attention before FFN)."""
+    attention, ffn = space_variants(spec, shape)
+    return [(layer, v) for layer in range(shape.num_layers) for v in attention + ffn if v.trainable]
+
+
+# --- capture ----------------------------------------------------------------------------------
+def stage_capture(spec: SearchSpec, store: JobStore, prepared, report: Report = print) -> Captured:
+    """Capture the parent's activations for BLD (reused when already on disk for these tokens)."""
+    from compress.capture import capture, read_meta
+
+    splits, adapter = prepared.splits, prepared.parent.adapter
+    seq_len = splits.seq_len
+    n_train = min(splits.train.shape[0], max(1, math.ceil(spec.bld.tokens / seq_len)))
+    n_held = min(splits.eval.shape[0], max(1, math.ceil(spec.bld.eval_tokens / seq_len)))
+    train_dir, heldout_dir = (
+        store.path("activations", "train"),
+        store.path("activations", "heldout"),
+    )
+    on_disk = read_meta(train_dir) is not None and read_meta(heldout_dir) is not None
+    if store.stage_done("capture") and (on_disk or store.stage_done("bld")):
+        report("[capture] done before")
+        return Captured(train_dir, heldout_dir, n_train * seq_len, n_held * seq_len)
+    t0 = time.perf_counter()
+    dtype = spec.bld.activation_dtype
+    with _progress("[capture] parent activations", n_train + n_held) as advance:
+        train_meta = capture(
+            adapter,
+            splits.train[:n_train],
+            train_dir,
+            batch_size=spec.scoring.batch_size,
+            dtype=dtype,
+            progress=lambda done, total: advance(done),
+        )
+        held_meta = capture(
+            adapter,
+            splits.eval[:n_held],
+            heldout_dir,
+            batch_size=spec.scoring.batch_size,
+            dtype=dtype,
+            progress=lambda done, total: advance(n_train + done),
+        )
+    wall = time.perf_counter() - t0
+    store.write_stage(
+        "capture",
+        {
+            "train": {**train_meta.__dict__, "folder": str(train_dir)},
+            "heldout": {**held_meta.__dict__, "folder": str(heldout_dir)},
+            "wall_s": wall,
+        },
+    )
+    report(
+        f"[capture] {train_meta.num_tokens} train + {held_meta.num_tokens} held-out tokens x "
+        f"{adapter.num_layers} layers ({dtype}) in {wall:.1f}s"
+    )
+    return Captured(train_dir, heldout_dir, train_meta.num_tokens, held_meta.num_tokens)
+
+
+# --- BLD --------------------------------------------------------------------------------------
+def _train_one(
+    layer: int,
+    variant: str,
+    parent_path: str,
+    train_dir: str,
+    heldout_dir: str,
+    library_dir: str,
+    config: dict,
+) -> dict:
+    """Body of one Ray task: train ``variant`` of ``layer`` and write it to the library.
+
+    Idempotent: a variant already in the library (e.g. a retried task whose first attempt
+    finished writing) is read back, not retrained.
+    """
+    import json
+
+    import torch
+
+    from compress.bld import BLDConfig, train_variant
+    from compress.capture import Activations
+    from compress.library import has_variant, save_variant, variant_paths
+
+    torch.set_num_threads(1)
+    spec = VariantSpec.parse(variant)
+    if has_variant(library_dir, layer, spec):
+        return json.loads(variant_paths(library_dir, layer, spec)[1].read_text())
+    parent = torch.load(parent_path, weights_only=False)
+    module, record = train_variant(
+        spec, layer, parent, Activations(train_dir), Activations(heldout_dir), BLDConfig(**config)
+    )
+    record["worker_pid"] = os.getpid()
+    save_variant(library_dir, layer, spec, module, record)
+    return record
+
+
+def _save_parent_blocks(store: JobStore, adapter, keys: set[tuple[int, str]]) -> dict:
+    """Each needed parent subblock as a file the tasks load (written once, atomically)."""
+    import torch
+
+    from compress.atomic import atomic_write
+
+    paths = {}
+    for layer, kind in sorted(keys):
+        path = store.path("bld", "parent", f"L{layer:03d}.{kind}.pt")
+        if not path.exists():
+            module = adapter.subblock(layer, kind)
+            atomic_write(path, lambda tmp, m=module: torch.save(m, tmp))
+        paths[layer, kind] = str(path)
+    return paths
+
+
+def stage_bld(
+    spec: SearchSpec,
+    store: JobStore,
+    prepared,
+    captured: Captured,
+    report: Report = print,
+    limit: int | None = None,
+) -> BLDResult:
+    """Train every missing variant of the space (at most ``limit`` now, if given) on Ray.
+
+    The stage is recorded as done only when the library is complete. Raises ``JobError`` when
+    a task fails after its retries (the variants finished so far stay in the library).
+    """
+    from compress.library import has_variant, read_records
+
+    library_dir = store.path("library")
+    shape = prepared.parent.shape
+    planned = planned_variants(spec, shape)
+    if store.stage_done("bld"):
+        report(f"[bld] done before: {len(planned)} variants in {library_dir}")
+        return BLDResult(library_dir, len(planned), 0, len(planned), True, 0.0)
+    library_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in library_dir.glob(".*.tmp"):  # a killed run's half-written file
+        leftover.unlink(missing_ok=True)
+    missing = [(layer, v) for layer, v in planned if not has_variant(library_dir, layer, v)]
+    skipped = len(planned) - len(missing)
+    todo = missing if limit is None else missing[: max(limit, 0)]
+    t0 = time.perf_counter()
+    report(f"[bld] {len(planned)} variants: {skipped} in the library already, training {len(todo)}")
+    if todo:
+        _run_on_ray(
+            spec, store, prepared.parent.adapter, captured, library_dir, todo, skipped, len(planned)
+        )
+    wall = time.perf_counter() - t0
+    complete = len(todo) == len(missing)
+    if complete:
+        records = {(r["layer"], r["variant"]) for r in read_records(library_dir)}
+        lost = [f"L{layer} {v}" for layer, v in planned if (layer, str(v)) not in records]
+        if lost:
+            raise JobError(f"BLD finished but the library lacks {', '.join(lost[:5])}")
+        shutil.rmtree(store.path("bld", "parent"), ignore_errors=True)  # task inputs, derivable
+        trained = read_records(library_dir)
+        store.write_stage(
+            "bld",
+            {
+                "variants": len(planned),
+                "trained_in_last_run": len(todo),
+                "skipped_in_last_run": skipped,
+                "wall_s_last_run": wall,
+                "train_seconds_sum": sum(r["seconds"] for r in trained),
+                "tokens_per_s_per_variant_mean": (
+                    sum(r["tokens_per_s"] for r in trained) / max(len(trained), 1)
+                ),
+                "config": bld_config(spec).to_dict(),
+                "library": str(library_dir),
+            },
+        )
+    report(
+        f"[bld] trained {len(todo)} variants in {wall:.1f}s"
+        + ("" if complete else f"; {len(missing) - len(todo)} left (resume the job)")
+    )
+    return BLDResult(library_dir, len(planned), len(todo), skipped, complete, wall)
+
+
+def _run_on_ray(
+    spec: SearchSpec,
+    store: JobStore,
+    adapter,
+    captured: Captured,
+    library_dir: Path,
+    todo: list[tuple[int, VariantSpec]],
+    done_before: int,
+    total: int,
+) -> None:
+    import ray
+
+    parents = _save_parent_blocks(store, adapter, {(layer, v.kind) for layer, v in todo})
+    config = bld_config(spec).to_dict()
+    _connect_ray(spec)
+    task = ray.remote(**task_options(num_cpus=1))(_train_one)
+    pending = {
+        task.remote(
+            layer,
+            str(v),
+            parents[layer, v.kind],
+            str(captured.train_dir),
+            str(captured.heldout_dir),
+            str(library_dir),
+            config,
+        ): (layer, v)
+        for layer, v in todo
+    }
+    done = done_before
+    store.set_progress("bld", done, total)
+    with _progress("[bld] variants", total, completed=done_before) as advance:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                layer, v = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as exc:
+                    for other in pending:
+                        ray.cancel(other)
+                    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+                    raise JobError(
+                        f"BLD of {v} in layer {layer} failed: {first[:300]}; the variants "
+                        "finished so far are kept, resume the job to retry"
+                    ) from None
+                done += 1
+                advance(done)
+                store.set_progress("bld", done, total)
+
+
+def _connect_ray(spec: SearchSpec) -> None:
+    """``nas.ray_runtime.ensure_ray``, with a failure to start or reach Ray as a ``JobError``.
+
+    Ray stays up for the later stages of this process (it shuts down when the process exits).
+    """
+    from nas.ray_runtime import ensure_ray
+
+    try:
+        ensure_ray(spec.ray)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = spec.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+        raise JobError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+
+
+def _ray_init(spec: SearchSpec) -> bool:
+    """Connect to Ray as ``_connect_ray``; True when this call started it.
+
+    Kept for ``nas.scoring_stage``, which shuts Ray down when it started it; prefer
+    ``nas.ray_runtime.ensure_ray``.
+    """
+    import ray
+
+    was_up = ray.is_initialized()
+    _connect_ray(spec)
+    return not was_up
+
+
+class _progress:
+    """A rich progress bar (done/total, elapsed, ETA); yields ``advance(completed)``."""
+
+    def __init__(self, description: str, total: int, completed: int = 0):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._task = self._bar.add_task(description, total=total, completed=completed)
+
+    def __enter__(self):
+        self._bar.start()
+        return lambda completed: self._bar.update(self._task, completed=completed)
+
+    def __exit__(self, *exc) -> None:
+        self._bar.stop()

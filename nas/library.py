@@ -1,0 +1,89 @@
+"""The block library of a job as one pandas DataFrame (one row per layer x variant)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from compress.library import read_records
+from compress.shape import ModelShape
+from nas.errors import JobError
+from nas.spec import SearchSpec
+
+COLUMNS = [
+    "layer",
+    "kind",
+    "variant",
+    "trainable",
+    "trained",
+    "params",
+    "kv_heads",
+    "nmse_init",
+    "nmse_final",
+    "tokens",
+    "seconds",
+    "kl",
+    "lm_loss",
+    "top1",
+]
+SCORE_COLUMNS = ("kl", "lm_loss", "top1")
+
+
+def library_frame(job_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every (layer, variant) of the job's space with its parameters and BLD record.
+
+    Columns: ``COLUMNS`` (BLD fields are NaN for variants not trained yet and for ``parent`` /
+    ``noop``, whose ``nmse`` is 0 and 1 by definition but is not measured). Score columns are
+    NaN until the scoring stage fills them: it may write ``scores/scores.json``, a list of
+    records with ``layer``, ``variant`` and any of ``kl``, ``lm_loss``, ``top1``, merged here.
+    Raises ``JobError`` when the job has no finished baseline stage (the model shape comes
+    from it).
+    """
+    job_dir = Path(job_dir)
+    try:
+        manifest = json.loads((job_dir / "manifest.json").read_text())
+        baseline = json.loads((job_dir / "stages" / "baseline.json").read_text())
+    except FileNotFoundError as exc:
+        raise JobError(
+            f"{job_dir} is not a job with a finished baseline ({exc.filename})"
+        ) from None
+    spec = SearchSpec.model_validate(manifest["spec"])
+    shape = ModelShape.from_dict(baseline["shape"])
+    from nas.bld_stage import space_variants
+
+    attention, ffn = space_variants(spec, shape)
+    records = {(r["layer"], r["variant"]): r for r in read_records(job_dir / "library")}
+    scores = _scores(job_dir)
+    rows = []
+    for layer in range(shape.num_layers):
+        for v in attention + ffn:
+            rec = records.get((layer, str(v)), {})
+            score = scores.get((layer, str(v)), {})
+            rows.append(
+                {
+                    "layer": layer,
+                    "kind": v.kind,
+                    "variant": str(v),
+                    "trainable": v.trainable,
+                    "trained": bool(rec),
+                    "params": v.params(shape),
+                    "kv_heads": v.kv_heads(shape),
+                    "nmse_init": rec.get("nmse_init", math.nan),
+                    "nmse_final": rec.get("nmse_final", math.nan),
+                    "tokens": rec.get("tokens", 0),
+                    "seconds": rec.get("seconds", math.nan),
+                    **{c: score.get(c, math.nan) for c in SCORE_COLUMNS},
+                }
+            )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _scores(job_dir: Path) -> dict:
+    path = job_dir / "scores" / "scores.json"
+    if not path.is_file():
+        return {}
+    return {(r["layer"], r["variant"]): r for r in json.loads(path.read_text())}
