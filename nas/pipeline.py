@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from nas.bld_stage import stage_bld, stage_capture
 from nas.errors import JobError
 from nas.scoring_stage import stage_scoring
+from nas.selection_stage import stage_selection
 from nas.spec import SearchSpec
 from nas.store import JobStore
 
@@ -63,9 +64,11 @@ def run_job(
         scores = stage_scoring(spec, store, prepared, report)
         if until == "scoring":
             return store.update_manifest(state="stopped", stopped_after=until)
-        # Later stages, each one line here, in this order, each with its own `until` check:
-        # selection -> students
-        del prepared, library, scores
+        selection = stage_selection(spec, store, prepared, report)
+        if until == "selection":
+            return store.update_manifest(state="stopped", stopped_after=until)
+        # Later stage: students (assemble, export, measure the front's points)
+        del library, scores, selection
     except BaseException:
         store.update_manifest(state="failed")
         raise

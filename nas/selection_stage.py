@@ -1,0 +1,160 @@
+"""The selection stage: profiles -> costed selection problem -> strategies -> Pareto front.
+
+Reads the library table (BLD records + replace-one-block scores) and the hardware profiles,
+runs every strategy the spec names (``puzzle-mip`` per budget; ``amoeba-dp`` and
+``diswot-evolution`` as candidate points) and stores the front under ``pareto/``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from nas.spec import SearchSpec
+from nas.store import JobStore
+
+PHASE_METRIC = {"prefill": "prefill_latency_ms", "decode": "decode_latency_ms"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    points: int
+    primary_metric: str
+    profiles: dict  # metric -> profile file name
+
+
+def phase_profiles(profiles: list) -> dict:
+    """``{metric: profile}``: the first profile of each phase (prefill, decode)."""
+    out: dict = {}
+    for profile in profiles:
+        out.setdefault(PHASE_METRIC[profile.phase], profile)
+    return out
+
+
+def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -> Selection:
+    """Build and store the front; skipped when its record exists."""
+    if store.stage_done("selection"):
+        rec = store.read_stage("selection")
+        report(f"[selection] done before: {rec['points']} points")
+        return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
+    from compress.latency import resolve_profiles
+    from compress.variants import parse_space
+    from nas.library import library_frame
+    from nas.pareto import CandidatePoint, Target, select_front, write_front
+    from nas.selection.costs import problem_from_library, profile_latency
+    from nas.selection.errors import SelectionError
+
+    t0 = time.perf_counter()
+    parent = prepared.parent
+    shape = parent.shape
+    attention, ffn = parse_space(spec.space.attention, spec.space.ffn, shape)
+    if not spec.hardware.profiles and not spec.hardware.phases:
+        raise SelectionError(
+            "hardware: name profile files (hardware.profiles) or phases to measure "
+            "(hardware.phases with hardware.measure); see `nas profile`"
+        )
+    profiles = resolve_profiles(
+        spec.hardware,
+        parent.adapter,
+        attention + ffn,
+        store.path("hwprofiles"),
+        spec.model.source,
+        report=report,
+    )
+    by_metric = phase_profiles(profiles)
+    latency, fixed = profile_latency(by_metric)
+    decode = by_metric.get("decode_latency_ms")
+    problem = problem_from_library(
+        library_frame(store.dir),
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        vocab_size=shape.vocab_size,
+        head_dim=shape.head_dim,
+        parent_kv_heads=shape.num_kv_heads,
+        tied_embeddings=shape.tied_embeddings,
+        score_column=spec.scoring.metric,
+        latency=latency,
+        latency_metrics=list(by_metric),
+        fixed_latency_ms=fixed,
+        batch=decode.batch if decode else 1,
+        context=decode.context if decode else spec.data.seq_len,
+        bytes_per_value=2.0 if spec.model.dtype != "float32" else 4.0,
+    )
+    points = _strategy_points(spec, prepared, problem, by_metric, report)
+    names = spec.strategy.names
+    result = select_front(
+        problem,
+        [Target.of(t) for t in spec.targets],
+        [CandidatePoint(p.strategy, p.choices) for p in points],
+        strategies=["puzzle-mip"] if "puzzle-mip" in names else [],
+        solutions_per_budget=spec.strategy.solutions_per_budget,
+        diversity_layers=spec.strategy.diversity_layers,
+        time_limit_s=spec.strategy.time_limit_s,
+        batch=decode.batch if decode else 1,
+        on_infeasible="record",
+    )
+    write_front(store.dir, result, problem)
+    primary = result.meta.get("primary_metric", next(iter(by_metric), "params"))
+    record = {
+        "points": len(result.front),
+        "primary_metric": primary,
+        "profiles": {m: p.describe() for m, p in by_metric.items()},
+        "strategies": list(names),
+        "infeasible": result.meta.get("infeasible", []),
+        "wall_s": time.perf_counter() - t0,
+    }
+    store.write_stage("selection", record)
+    report(f"[selection] {len(result.front)} points on the front in {record['wall_s']:.1f}s")
+    return Selection(record["points"], primary, record["profiles"])
+
+
+def _strategy_points(spec: SearchSpec, prepared, problem, by_metric: dict, report) -> list:
+    """Candidate points of the strategies that do not take budgets."""
+    points: list = []
+    names = spec.strategy.names
+    calib = prepared.splits.train[: max(1, min(len(prepared.splits.train), 8))]
+    if "amoeba-dp" in names:
+        from nas.strategies.depth import amoeba_dp_points
+
+        dp = amoeba_dp_points(
+            prepared.parent.adapter,
+            calib,
+            keep_last=spec.strategy.keep_last_layers,
+            batch_size=spec.scoring.batch_size,
+        )
+        points.extend(p for p in dp[1:])  # dp[0] is the parent itself
+        report(f"[selection] amoeba-dp: {len(dp) - 1} depth masks")
+    if "diswot-evolution" in names:
+        from nas.ray_runtime import ensure_ray
+        from nas.strategies.evolution import diswot_evolution
+
+        ensure_ray(spec.ray)
+        metric = next(iter(by_metric), None)
+        profile = by_metric[metric] if metric else None
+        layer0 = problem.layers[0]
+        attention = [o.variant for o in layer0.attention if o.variant != "attention:noop"]
+        ffn = [o.variant for o in layer0.ffn if o.variant != "ffn:noop"]
+        n = prepared.parent.shape.num_layers
+        evo = diswot_evolution(
+            prepared.parent.adapter,
+            calib,
+            _ProfileLatency(profile) if profile else None,
+            depths=sorted({n, max(1, n - 1), max(1, (3 * n) // 4), max(1, n // 2)}),
+            attention_options=attention,
+            ffn_options=ffn,
+            trials=spec.strategy.trials,
+            seed=spec.bld.seed,
+        )
+        points.extend(evo)
+        report(f"[selection] diswot-evolution: {len(evo)} non-dominated students")
+    return points
+
+
+class _ProfileLatency:
+    """Predicted latency of a student's choices from one profile (picklable for Ray Tune)."""
+
+    def __init__(self, profile):
+        self.profile = profile
+
+    def __call__(self, choices) -> float:
+        return float(self.profile.predict_ms(choices))
