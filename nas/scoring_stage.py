@@ -1,0 +1,219 @@
+"""The scoring stage: replace-one-block scores of every library variant, as Ray tasks, resumable.
+
+For every layer, the variants to score are the library's trained variants plus the space's
+``parent`` and ``noop`` variants (they need no weights). Each score is one JSON file
+``results/<job>/scores/L{layer:03d}__{canonical with ':' -> '__'}.json`` written atomically:
+``{layer, kind, variant, kl, lm_loss, top1, tokens, seconds}``. A resumed job scores only the
+variants without a file. The parent's activations on the eval split are computed once into
+``results/<job>/scoring/cache`` (memory-mapped ``.npy``, see ``compress.scoring``) and every
+task starts its forward passes at the replaced layer from there. One Ray task per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.atomic import atomic_write_json
+from compress.variants import VariantSpec
+from nas.errors import JobError
+from nas.spec import SearchSpec
+from nas.store import JobStore
+
+SCORES_DIR = "scores"
+CACHE_DIR = ("scoring", "cache")
+SCORE_COLUMNS = ("kl", "lm_loss", "top1")
+TASK_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """Output of the stage: where the scores are, how many exist, how many this run made."""
+
+    scores_dir: Path
+    scored: int
+    computed: int
+    wall_s: float
+
+
+def score_file_name(layer: int, spec: VariantSpec) -> str:
+    """``L003__ffn__width=86.json``: the library's file stem for the variant, as JSON."""
+    from compress.library import variant_stem
+
+    return variant_stem(layer, spec) + ".json"
+
+
+def read_scores(job_dir: str | Path) -> list[dict]:
+    """Every score record of a job (possibly none yet), sorted by layer and variant."""
+    folder = Path(job_dir) / SCORES_DIR
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("L*.json"))]
+    return sorted(rows, key=lambda r: (r["layer"], r["variant"]))
+
+
+def scores_frame(job_dir: str | Path):
+    """The scores as a pandas DataFrame: layer, kind, variant, kl, lm_loss, top1, tokens, seconds."""
+    import pandas as pd
+
+    columns = ["layer", "kind", "variant", *SCORE_COLUMNS, "tokens", "seconds"]
+    return pd.DataFrame(read_scores(job_dir), columns=columns)
+
+
+def variants_to_score(spec: SearchSpec, shape, library_dir: Path) -> list[tuple[int, VariantSpec]]:
+    """(layer, variant) pairs: the library's trained variants + the space's parent/noop ones."""
+    from compress.library import read_records
+    from nas.bld_stage import space_variants
+
+    attention, ffn = space_variants(spec, shape)
+    free = [v for v in attention + ffn if not v.trainable]
+    pairs = {(layer, v) for layer in range(shape.num_layers) for v in free}
+    if library_dir.exists():
+        for record in read_records(library_dir):
+            pairs.add((int(record["layer"]), VariantSpec.parse(record["variant"])))
+    return sorted(pairs)
+
+
+def stage_scoring(
+    spec: SearchSpec, store: JobStore, prepared, report: Callable[[str], None] = print
+) -> ScoringResult:
+    """Score what is missing (Ray tasks, one per layer), then record the stage.
+
+    ``prepared`` is the baseline stage's output (parent and calibration splits). The stage is
+    recorded as done only once the BLD stage is (a partial library is scored as far as it
+    goes, and a resumed job scores the rest). Raises ``JobError`` when a task fails.
+    """
+    scores_dir = store.path(SCORES_DIR)
+    if store.stage_done("scoring"):
+        rec = store.read_stage("scoring")
+        report(f"[scoring] done before: {rec['scored']} variants scored")
+        return ScoringResult(scores_dir, rec["scored"], 0, rec["wall_s"])
+    t0 = time.perf_counter()
+    parent, splits = prepared.parent, prepared.splits
+    library_dir = store.path("library")
+    pairs = variants_to_score(spec, parent.shape, library_dir)
+    pending: dict[int, list[str]] = {}
+    for layer, variant in pairs:
+        if not (scores_dir / score_file_name(layer, variant)).exists():
+            pending.setdefault(layer, []).append(str(variant))
+    todo = sum(len(v) for v in pending.values())
+    report(f"[scoring] {len(pairs)} variants, {todo} to score")
+    if todo:
+        from compress.scoring import ActivationCache
+
+        tokens = splits.eval
+        if spec.scoring.eval_tokens is not None:
+            tokens = tokens[: max(1, spec.scoring.eval_tokens // splits.seq_len)]
+        cache_dir = store.path(*CACHE_DIR)
+        ActivationCache.build(parent.adapter, tokens, spec.scoring.batch_size, folder=cache_dir)
+        _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, len(pairs))
+    wall_s = time.perf_counter() - t0
+    rows = read_scores(store.dir)
+    scored = len(rows)
+    # the table nas.library.library_frame merges into the library
+    atomic_write_json(scores_dir / "scores.json", rows)
+    if store.stage_done("bld"):  # with a partial library, a resumed job scores the rest
+        store.write_stage(
+            "scoring",
+            {"scored": scored, "computed": todo, "metric": spec.scoring.metric, "wall_s": wall_s},
+        )
+    report(f"[scoring] {todo} variants scored in {wall_s:.1f}s")
+    return ScoringResult(scores_dir, scored, todo, wall_s)
+
+
+def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, total) -> None:
+    import ray
+
+    from nas.bld_stage import _ray_init
+
+    started_ray = _ray_init(spec)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(score_layer)
+        refs = {
+            remote.remote(
+                spec.model.source,
+                spec.model.dtype,
+                str(cache_dir),
+                str(library_dir),
+                str(scores_dir),
+                layer,
+                variants,
+                spec.scoring.batch_size,
+            ): layer
+            for layer, variants in sorted(pending.items())
+        }
+        done = total - sum(len(v) for v in pending.values())
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            try:
+                written = ray.get(ready[0])
+            except Exception as exc:
+                for other in waiting:
+                    ray.cancel(other)
+                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+                raise JobError(
+                    f"scoring layer {refs[ready[0]]} failed: {last[:300]}; the scores written so "
+                    "far are kept, resume the job to retry"
+                ) from None
+            done += len(written)
+            store.set_progress("scoring", done, total)
+            report(f"[scoring] layer {refs[ready[0]]}: {len(written)} scored ({done}/{total})")
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+_PARENTS: dict = {}
+
+
+def _worker_parent(source: str, dtype: str):
+    """The parent, loaded once per worker process."""
+    import torch
+
+    from compress.loading import load_parent
+
+    key = (source, dtype)
+    if key not in _PARENTS:
+        _PARENTS[key] = load_parent(source, dtype=getattr(torch, dtype))
+    return _PARENTS[key]
+
+
+def score_layer(
+    source: str,
+    dtype: str,
+    cache_dir: str,
+    library_dir: str,
+    scores_dir: str,
+    layer: int,
+    variants: list[str],
+    batch_size: int,
+) -> list[str]:
+    """Score the given variants of one layer; write one score file each; return those written.
+
+    A plain function (the stage runs it as a Ray task); the parent is loaded from ``source``.
+    """
+    from compress.builders import build_variant
+    from compress.scoring import ActivationCache, parent_scores, score_replacement
+
+    parent = _worker_parent(source, dtype)
+    adapter = parent.adapter
+    cache = ActivationCache.open(cache_dir)
+    written = []
+    for text in variants:
+        variant = VariantSpec.parse(text)
+        if variant.is_parent:
+            scores = parent_scores(adapter, cache, batch_size)
+        else:
+            if variant.trainable:
+                from compress.library import load_variant
+
+                module = load_variant(Path(library_dir), layer, variant, adapter)
+            else:
+                module = build_variant(variant, adapter.subblock(layer, variant.kind))
+            scores = score_replacement(adapter, cache, layer, variant.kind, module, batch_size)
+        record = {"layer": layer, "kind": variant.kind, "variant": text, **scores.to_dict()}
+        atomic_write_json(Path(scores_dir) / score_file_name(layer, variant), record)
+        written.append(text)
+    return written
