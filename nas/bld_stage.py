@@ -13,6 +13,7 @@ must then see the job folder at the same path).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -79,10 +80,49 @@ def space_variants(spec: SearchSpec, shape) -> tuple[list[VariantSpec], list[Var
         raise SpecError(str(exc)) from None
 
 
-def planned_variants(spec: SearchSpec, shape) -> list[tuple[int, VariantSpec]]:
-    """Every (layer, variant) BLD trains, in a fixed order (layer, then attention before FFN)."""
+def planned_variants(
+    spec: SearchSpec, shape, kept: dict | None = None
+) -> list[tuple[int, VariantSpec]]:
+    """Every (layer, variant) BLD trains, in a fixed order (layer, then attention before FFN).
+
+    ``kept`` (from ``prefiltered``) maps "layer:kind" to the canonical variants kept there.
+    """
     attention, ffn = space_variants(spec, shape)
-    return [(layer, v) for layer in range(shape.num_layers) for v in attention + ffn if v.trainable]
+    return [
+        (layer, v)
+        for layer in range(shape.num_layers)
+        for v in attention + ffn
+        if v.trainable and (kept is None or str(v) in kept[f"{layer}:{v.kind}"])
+    ]
+
+
+def prefiltered(spec: SearchSpec, store: JobStore, prepared, report: Report = print) -> dict | None:
+    """``space.prefilter``: the DisWOT-ranked variants kept per layer and kind, decided once.
+
+    The choice is stored in ``bld/prefilter.json`` so a resumed job trains the same set.
+    Returns None when the spec has no prefilter.
+    """
+    if spec.space.prefilter is None:
+        return None
+    path = store.path("bld", "prefilter.json")
+    if path.exists():
+        return json.loads(path.read_text())
+    from compress.atomic import atomic_write_json
+    from compress.diswot import prefilter_variants
+
+    t0 = time.perf_counter()
+    attention, ffn = space_variants(spec, prepared.parent.shape)
+    calib = prepared.splits.train[: min(len(prepared.splits.train), 37)]
+    kept = prefilter_variants(
+        prepared.parent.adapter, attention + ffn, calib, spec.space.prefilter.keep_per_layer
+    )
+    table = {f"{layer}:{kind}": [str(v) for v in vs] for (layer, kind), vs in kept.items()}
+    atomic_write_json(path, table)
+    report(
+        f"[bld] DisWOT prefilter kept {spec.space.prefilter.keep_per_layer} trainable variant(s) "
+        f"per layer and kind in {time.perf_counter() - t0:.1f}s"
+    )
+    return table
 
 
 # --- capture ----------------------------------------------------------------------------------
@@ -206,7 +246,7 @@ def stage_bld(
 
     library_dir = store.path("library")
     shape = prepared.parent.shape
-    planned = planned_variants(spec, shape)
+    planned = planned_variants(spec, shape, prefiltered(spec, store, prepared, report))
     if store.stage_done("bld"):
         report(f"[bld] done before: {len(planned)} variants in {library_dir}")
         return BLDResult(library_dir, len(planned), 0, len(planned), True, 0.0)
@@ -315,19 +355,6 @@ def _connect_ray(spec: SearchSpec) -> None:
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = spec.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise JobError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
-
-
-def _ray_init(spec: SearchSpec) -> bool:
-    """Connect to Ray as ``_connect_ray``; True when this call started it.
-
-    Kept for ``nas.scoring_stage``, which shuts Ray down when it started it; prefer
-    ``nas.ray_runtime.ensure_ray``.
-    """
-    import ray
-
-    was_up = ray.is_initialized()
-    _connect_ray(spec)
-    return not was_up
 
 
 class _progress:

@@ -160,6 +160,99 @@ def serve(
     service.serve(host, port, results, token_file)
 
 
+@app.command("export")
+def export_cmd(
+    job_id: str = typer.Argument(..., help="job id"),
+    point: str = typer.Option(..., "--point", help="point_id in the job's Pareto table"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | tensorrt | hf"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    precision: str | None = typer.Option(
+        None, "--precision", help="tensorrt: fp32 | fp16 | bf16 (default: the spec's)"
+    ),
+    results: Path | None = ResultsOpt,
+) -> None:
+    """Export one Pareto point as ONNX graphs, TensorRT engines or a student directory."""
+    from nas import api
+
+    files = api.export_point(job_id, point, fmt, out, results, precision, report=_say)
+    _say(f"wrote {len(files)} files to {out}")
+
+
+@app.command()
+def pareto(
+    job_id: str = typer.Argument(..., help="job id"),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+    max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="latency limit"),
+    max_memory_mib: float | None = typer.Option(None, "--max-memory-mib", help="memory limit"),
+    plot: Path | None = typer.Option(None, "--plot", help="also write a plot (.png or .html)"),
+    results: Path | None = ResultsOpt,
+) -> None:
+    """Query a job's Pareto front (filters, sorted by latency); optionally plot it."""
+    from nas import api
+    from nas.pareto import front_csv, front_json, front_table
+
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format must be table, csv or json, got {fmt!r}")
+    frame = api.pareto(job_id, results, max_latency_ms, max_memory_mib)
+    if plot is not None:
+        api.plot_pareto(job_id, plot, results)
+    if fmt == "csv":
+        sys.stdout.write(front_csv(frame))
+    elif fmt == "json":
+        sys.stdout.write(front_json(frame) + "\n")
+    else:
+        header, rows = front_table(frame)
+        table = Table(title=f"Pareto front of {job_id} ({len(rows)} points)")
+        for i, name in enumerate(header):
+            table.add_column(name, no_wrap=i == 0, justify="left" if i < 2 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    if plot is not None:
+        err_console.print(f"wrote {plot}", markup=False, highlight=False)
+
+
+@app.command("profile")
+def profile_cmd(
+    model: str | None = typer.Option(None, "--model", help="HF folder, .gguf or smollm2-135m"),
+    backend: str = typer.Option(
+        "onnxruntime-cpu", "--backend", help="onnxruntime-cpu | torch-cpu | torch-cuda | tensorrt"
+    ),
+    phase: str = typer.Option("prefill", "--phase", help="prefill | decode"),
+    batch: int = typer.Option(1, "--batch"),
+    seq: int = typer.Option(128, "--seq", help="prefill tokens"),
+    context: int = typer.Option(512, "--context", help="decode: KV-cache tokens"),
+    variants: list[str] | None = typer.Option(
+        None, "--variants", help="canonical variant (repeatable), e.g. attention:kv_heads=1"
+    ),
+    space: Path | None = typer.Option(None, "--space", help="use the space of this spec"),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all)"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16"),
+    students: int = typer.Option(8, "--students", help="random students for validation"),
+    seed: int = typer.Option(0, "--seed"),
+    stack: int = typer.Option(8, "--stack", help="copies of a subblock per timed graph"),
+    out: Path | None = typer.Option(None, "--out", help="profile file to write"),
+    validate_file: Path | None = typer.Option(
+        None, "--validate", help="re-measure this profile's random students and store the MAPE"
+    ),
+) -> None:
+    """Measure a hardware latency profile (or --validate an existing one)."""
+    from nas import api
+
+    if validate_file is not None:
+        prof = api.validate_profile(validate_file, students, seed, report=_say)
+        _say(f"{validate_file}: MAPE {prof.validation.mape:.2f} % over {students} students")
+        return
+    if model is None or out is None:
+        raise UserError("nas profile needs --model and --out (or --validate FILE)")
+    prof = api.profile(
+        model, backend, phase, batch, seq, out, context, variants, space, threads, precision,
+        students, seed, stack, report=_say,
+    )
+    mape = f", MAPE {prof.validation.mape:.2f} %" if prof.validation else ""
+    _say(f"wrote {out}: {len(prof.entries)} entries, fixed {prof.fixed_ms:.3f} ms{mape}")
+
+
 def main() -> None:
     try:
         app()

@@ -26,7 +26,6 @@ from nas.store import JobStore
 SCORES_DIR = "scores"
 CACHE_DIR = ("scoring", "cache")
 SCORE_COLUMNS = ("kl", "lm_loss", "top1")
-TASK_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -125,44 +124,41 @@ def stage_scoring(
 def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, total) -> None:
     import ray
 
-    from nas.bld_stage import _ray_init
+    from nas.bld_stage import _connect_ray
+    from nas.ray_runtime import task_options
 
-    started_ray = _ray_init(spec)
-    try:
-        remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(score_layer)
-        refs = {
-            remote.remote(
-                spec.model.source,
-                spec.model.dtype,
-                str(cache_dir),
-                str(library_dir),
-                str(scores_dir),
-                layer,
-                variants,
-                spec.scoring.batch_size,
-            ): layer
-            for layer, variants in sorted(pending.items())
-        }
-        done = total - sum(len(v) for v in pending.values())
-        waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            try:
-                written = ray.get(ready[0])
-            except Exception as exc:
-                for other in waiting:
-                    ray.cancel(other)
-                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-                raise JobError(
-                    f"scoring layer {refs[ready[0]]} failed: {last[:300]}; the scores written so "
-                    "far are kept, resume the job to retry"
-                ) from None
-            done += len(written)
-            store.set_progress("scoring", done, total)
-            report(f"[scoring] layer {refs[ready[0]]}: {len(written)} scored ({done}/{total})")
-    finally:
-        if started_ray:
-            ray.shutdown()
+    _connect_ray(spec)  # Ray stays up for the later stages of this process
+    remote = ray.remote(**task_options(num_cpus=1))(score_layer)
+    refs = {
+        remote.remote(
+            spec.model.source,
+            spec.model.dtype,
+            str(cache_dir),
+            str(library_dir),
+            str(scores_dir),
+            layer,
+            variants,
+            spec.scoring.batch_size,
+        ): layer
+        for layer, variants in sorted(pending.items())
+    }
+    done = total - sum(len(v) for v in pending.values())
+    waiting = list(refs)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        try:
+            written = ray.get(ready[0])
+        except Exception as exc:
+            for other in waiting:
+                ray.cancel(other)
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            raise JobError(
+                f"scoring layer {refs[ready[0]]} failed: {last[:300]}; the scores written so "
+                "far are kept, resume the job to retry"
+            ) from None
+        done += len(written)
+        store.set_progress("scoring", done, total)
+        report(f"[scoring] layer {refs[ready[0]]}: {len(written)} scored ({done}/{total})")
 
 
 _PARENTS: dict = {}

@@ -64,15 +64,21 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
     by_metric = phase_profiles(profiles)
     latency, fixed = profile_latency(by_metric)
     decode = by_metric.get("decode_latency_ms")
+    frame = library_frame(store.dir)
+    score = spec.scoring.metric
+    unscored = frame[score].isna() & ~frame["variant"].str.endswith(":parent")
+    if unscored.any():  # variants pruned before BLD (space.prefilter) have no score
+        report(f"[selection] {int(unscored.sum())} unscored (pruned) variants left out")
+        frame = frame[~unscored]
     problem = problem_from_library(
-        library_frame(store.dir),
+        frame,
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
         vocab_size=shape.vocab_size,
         head_dim=shape.head_dim,
         parent_kv_heads=shape.num_kv_heads,
         tied_embeddings=shape.tied_embeddings,
-        score_column=spec.scoring.metric,
+        score_column=score,
         latency=latency,
         latency_metrics=list(by_metric),
         fixed_latency_ms=fixed,
@@ -112,7 +118,7 @@ def _strategy_points(spec: SearchSpec, prepared, problem, by_metric: dict, repor
     """Candidate points of the strategies that do not take budgets."""
     points: list = []
     names = spec.strategy.names
-    calib = prepared.splits.train[: max(1, min(len(prepared.splits.train), 8))]
+    calib = prepared.splits.train[: max(1, min(len(prepared.splits.train), 32))]
     if "amoeba-dp" in names:
         from nas.strategies.depth import amoeba_dp_points
 
@@ -126,19 +132,29 @@ def _strategy_points(spec: SearchSpec, prepared, problem, by_metric: dict, repor
         report(f"[selection] amoeba-dp: {len(dp) - 1} depth masks")
     if "diswot-evolution" in names:
         from nas.ray_runtime import ensure_ray
-        from nas.strategies.evolution import diswot_evolution
+        from nas.strategies.evolution import ParamsLatency, diswot_evolution
 
         ensure_ray(spec.ray)
         metric = next(iter(by_metric), None)
         profile = by_metric[metric] if metric else None
-        layer0 = problem.layers[0]
-        attention = [o.variant for o in layer0.attention if o.variant != "attention:noop"]
-        ffn = [o.variant for o in layer0.ffn if o.variant != "ffn:noop"]
+        # homogeneous students: only variants every layer has (a prefilter may prune per layer)
+        attention, ffn = (
+            [
+                o.variant
+                for o in getattr(problem.layers[0], kind)
+                if not o.variant.endswith(":noop")
+                and all(
+                    o.variant in {x.variant for x in getattr(layer, kind)}
+                    for layer in problem.layers
+                )
+            ]
+            for kind in ("attention", "ffn")
+        )
         n = prepared.parent.shape.num_layers
         evo = diswot_evolution(
             prepared.parent.adapter,
             calib,
-            _ProfileLatency(profile) if profile else None,
+            _ProfileLatency(profile) if profile else ParamsLatency(prepared.parent.shape),
             depths=sorted({n, max(1, n - 1), max(1, (3 * n) // 4), max(1, n // 2)}),
             attention_options=attention,
             ffn_options=ffn,
