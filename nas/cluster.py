@@ -1,15 +1,13 @@
 """Running jobs on a Ray cluster through the Ray Job Submission API.
 
-``submit`` packs the resolved spec into a working directory that Ray uploads, and starts
-``nas run spec.json --job-id ID --results STORAGE`` on the cluster; the Ray submission id is
-the job id, so ``status``/``logs``/``cancel`` take the same id the results store uses.
+``submit`` creates the job's folder in the (shared) results storage with the resolved spec and
+starts ``nas resume ID --results STORAGE`` on the cluster; the Ray submission id is the job
+id, so ``status``/``logs``/``cancel`` take the same id the results store uses.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
+import shlex
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from nas.spec import SearchSpec
 from nas.store import JobStore, validate_job_id
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60.0  # how long to wait for a new cluster's job agent
 
 
 def _client(address: str):
@@ -32,26 +31,31 @@ def _client(address: str):
 
 
 def submit(spec: SearchSpec, address: str, job_id: str, storage: Path) -> str:
-    """Start the job on the cluster; returns the job id. Results go to ``storage/<job-id>``."""
+    """Start the job on the cluster; returns the job id. Results go to ``storage/<job-id>``.
+
+    The job's folder (manifest with the resolved spec) is created here first, and the cluster
+    runs ``nas resume JOB --results STORAGE``; so ``storage`` must be a path the cluster's head
+    node sees too (a shared filesystem on a multi-node cluster). No ``working_dir`` is shipped:
+    a driver that calls ``ray.init`` inside a job loses such a directory as its cwd.
+    """
     validate_job_id(job_id)
     client = _client(address)
-    folder = Path(tempfile.mkdtemp(prefix="nas-submit-"))
-    try:
-        (folder / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-        entrypoint = f"nas run spec.json --job-id {job_id} --results {storage.resolve()}"
+    storage = Path(storage).resolve()
+    JobStore.create(storage, job_id, spec.model_dump(mode="json"), None)
+    entrypoint = f"nas resume {shlex.quote(job_id)} --results {shlex.quote(str(storage))}"
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
         try:
             return client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=job_id,
-                runtime_env={"working_dir": str(folder)},
-                metadata={"nas_job_id": job_id},
+                entrypoint=entrypoint, submission_id=job_id, metadata={"nas_job_id": job_id}
             )
         except Exception as exc:
-            raise JobError(
-                f"the cluster refused job {job_id}: {str(exc).splitlines()[0]}"
-            ) from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+            # a freshly started cluster has no job agent for a few seconds
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(2.0)
+                continue
+            first = str(exc).splitlines()[0]
+            raise JobError(f"the cluster refused job {job_id}: {first}") from None
 
 
 def ray_status(address: str, job_id: str) -> str:

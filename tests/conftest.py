@@ -19,6 +19,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_left_running():
+    """Stages keep an in-process Ray up for the next stage; each test module starts clean."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def need_shared_data() -> None:
     if not STORIES.exists() or not TINYSTORIES.exists():
         pytest.skip(f"shared data not found at {DATA} (tests read ../shared/data)")

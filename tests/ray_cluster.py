@@ -17,6 +17,16 @@ from pathlib import Path
 import requests
 
 
+def clean_env() -> dict:
+    """The environment without Ray settings an in-process Ray of the test run left behind,
+    and with token auth off: the test cluster is on loopback, and its readiness checks use
+    plain HTTP. (The job client itself sends Ray's token when a cluster asks for one.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,7 +39,25 @@ class LocalCluster:
         self.gcs_port, self.dash_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dash_port}"
         self.procs: list[subprocess.Popen] = []
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        try:
+            self._start_nodes(head_cpus, worker_cpus)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _node_ports(self) -> list[str]:
+        """Free ports for one node's agents (two nodes on one host must not share them)."""
+        return [
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+        ]
+
+    def _start_nodes(self, head_cpus: int, worker_cpus: int) -> None:
+        env = clean_env()
         self._start(
             [
                 "--head",
@@ -39,11 +67,15 @@ class LocalCluster:
                 "--dashboard-host=127.0.0.1",
                 f"--num-cpus={head_cpus}",
                 f"--temp-dir={self.temp}",
+                *self._node_ports(),
             ],
             env,
         )
         self._wait_dashboard()
-        self._start([f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={worker_cpus}"], env)
+        self._start(
+            [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={worker_cpus}", *self._node_ports()],
+            env,
+        )
         self._wait_nodes(2)
 
     def _start(self, args: list[str], env: dict) -> None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, TINY_SPEC, need_shared_data
-from tests.ray_cluster import LocalCluster
+from tests.ray_cluster import LocalCluster, clean_env
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,7 @@ def test_submit_wait_and_read_front(cluster, tmp_path):
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
     logs = nas("logs", "clus1", "--address", cluster.address)
     assert "baseline" in logs.stdout
+    front = nas("pareto", "clus1", "--results", tmp_path, "--format", "json")
+    assert front.returncode == 0, front.stderr
+    points = json.loads(front.stdout)
+    assert len(points) >= 5 and all(p["strategy"] for p in points)

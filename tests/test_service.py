@@ -59,6 +59,9 @@ def _tiny_spec() -> dict:
     spec = yaml.safe_load(TINY_SPEC.read_text())
     spec["model"]["source"] = str((TINY_SPEC.parent / spec["model"]["source"]).resolve())
     spec["data"]["files"] = [str((TINY_SPEC.parent / f).resolve()) for f in spec["data"]["files"]]
+    spec["hardware"]["profiles"] = [
+        str((TINY_SPEC.parent / f).resolve()) for f in spec["hardware"]["profiles"]
+    ]
     return spec
 
 

@@ -1,0 +1,136 @@
+"""Global knowledge distillation (GKD): heal an assembled student against its whole parent.
+
+Loss per batch, averaged over positions::
+
+    KL(parent || student) of the next-token distributions
+    + hidden_weight * (1 - cosine(student hidden, parent hidden))
+
+where the hidden states are the final ones *after* the final norm (what the LM head reads).
+Every student parameter is trained (embeddings and head included) with AdamW and a linear
+warm-up followed by a cosine decay to zero; the parent is only run forward.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from compress.evaluate import kl_from_logits
+from compress.model import BlockModel
+
+
+@dataclass(frozen=True)
+class GKDSettings:
+    """``tokens``: training tokens in total (rounded down to whole batches, at least one)."""
+
+    tokens: int = 16384
+    batch_size: int = 4
+    lr: float = 1e-4
+    hidden_weight: float = 1.0
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.batch_size < 1 or self.lr <= 0 or self.hidden_weight < 0:
+            raise ValueError(f"bad GKD settings {self}")
+
+
+@torch.no_grad()
+def eval_kl(
+    student: BlockModel, parent: BlockModel, tokens: torch.Tensor, batch_size: int = 8
+) -> float:
+    """Mean per-position KL(parent || student) in nats over ``tokens`` (N, S)."""
+    total, count = 0.0, 0
+    for start in range(0, tokens.shape[0], batch_size):
+        ids = tokens[start : start + batch_size]
+        kl = kl_from_logits(parent(ids), student(ids))
+        total += float(kl.sum())
+        count += kl.numel()
+    return total / max(count, 1)
+
+
+def gkd_loss(
+    student: BlockModel, parent: BlockModel, ids: torch.Tensor, hidden_weight: float
+) -> tuple[torch.Tensor, dict]:
+    """The GKD loss of one batch ``ids`` (B, S) and its two parts (floats)."""
+    with torch.no_grad():
+        parent_hidden = parent.hidden_states(ids)  # (B, S, hidden), after the final norm
+        parent_logits = parent.lm_head(parent_hidden)
+    hidden = student.hidden_states(ids)
+    logits = student.lm_head(hidden)
+    kl = kl_from_logits(parent_logits, logits).mean()
+    cos = F.cosine_similarity(hidden.float(), parent_hidden.float(), dim=-1).mean()
+    loss = kl + hidden_weight * (1.0 - cos)
+    return loss, {"kl": float(kl.detach()), "cosine": float(cos.detach())}
+
+
+def heal_student(
+    student: BlockModel,
+    parent: BlockModel,
+    train: torch.Tensor,
+    settings: GKDSettings = GKDSettings(),
+    eval_tokens: torch.Tensor | None = None,
+    report: Callable[[str], None] | None = None,
+) -> tuple[BlockModel, dict]:
+    """Train ``student`` in place against ``parent`` on ``train`` (N, S) token sequences.
+
+    Returns the student (in eval mode) and a record: steps, tokens, seconds, first and last
+    loss, and (with ``eval_tokens``) the eval KL before and after.
+    """
+    if train.dim() != 2 or train.shape[0] == 0:
+        raise ValueError(
+            f"train tokens must be a non-empty (N, S) tensor, got {tuple(train.shape)}"
+        )
+    seq_len = train.shape[1]
+    batch = min(settings.batch_size, train.shape[0])
+    steps = max(1, settings.tokens // (batch * seq_len))
+    warmup = int(steps * settings.warmup_fraction)
+    record: dict = {"settings": asdict(settings), "steps": steps, "tokens": steps * batch * seq_len}
+    was_training = parent.training
+    parent.eval()
+    if eval_tokens is not None:
+        record["eval_kl_before"] = eval_kl(student, parent, eval_tokens)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _cosine_with_warmup(step, warmup, steps)
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    order = torch.randperm(train.shape[0], generator=generator)
+    cursor = 0
+    student.train()
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        if cursor + batch > len(order):
+            order, cursor = torch.randperm(train.shape[0], generator=generator), 0
+        ids = train[order[cursor : cursor + batch]]
+        cursor += batch
+        loss, parts = gkd_loss(student, parent, ids, settings.hidden_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        if report and (step % max(1, steps // 5) == 0 or step == steps - 1):
+            report(f"[gkd] step {step + 1}/{steps} loss {losses[-1]:.4f} kl {parts['kl']:.4f}")
+    student.eval()
+    parent.train(was_training)
+    record.update(seconds=time.perf_counter() - t0, loss_first=losses[0], loss_last=losses[-1])
+    if eval_tokens is not None:
+        record["eval_kl_after"] = eval_kl(student, parent, eval_tokens)
+    return student, record
+
+
+def _cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
