@@ -60,7 +60,12 @@ def jobs(results: str | Path | None = None) -> list[dict]:
     return list_jobs(results_root(None, results))
 
 
-def submit(spec_path: str | Path, address: str, job_id: str | None = None, results: str | Path | None = None) -> str:
+def submit(
+    spec_path: str | Path,
+    address: str,
+    job_id: str | None = None,
+    results: str | Path | None = None,
+) -> str:
     """Submit a spec to a Ray cluster; results land in ``--results``/``ray.storage``."""
     from nas import cluster
 
@@ -153,8 +158,23 @@ def profile(
 
     spec_space = load_spec(space).space if space is not None else None
     return measure_profile_file(
-        model, backend, phase, batch, seq, out, context, variants, spec_space, threads,
-        precision, students, seed, stack, repeats, report, min_block_ms,
+        model,
+        backend,
+        phase,
+        batch,
+        seq,
+        out,
+        context,
+        variants,
+        spec_space,
+        threads,
+        precision,
+        students,
+        seed,
+        stack,
+        repeats,
+        report,
+        min_block_ms,
     )
 
 

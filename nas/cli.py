@@ -62,7 +62,7 @@ def run(
         store = api.resume(resume_job, results, report=_say, until=until)
     else:
         store = api.run(spec, job_id, results, report=_say, until=until)
-    _say(f"job {store.job_id} {store.manifest()['state']}: {store.dir}")
+    _finish(store)
 
 
 @app.command()
@@ -71,7 +71,32 @@ def resume(job_id: str = typer.Argument(...), results: Path | None = ResultsOpt)
     from nas import api
 
     store = api.resume(job_id, results, report=_say)
-    _say(f"job {store.job_id} {store.manifest()['state']}: {store.dir}")
+    _finish(store)
+
+
+def _finish(store) -> None:
+    """After a run: the front as a table and its plot, when the job got that far."""
+    from nas import api
+
+    state = store.manifest()["state"]
+    if store.stage_done("selection"):
+        plot = store.path("pareto", "front.png")
+        api.plot_pareto(store.job_id, plot, store.root)
+        _print_front(store.job_id, api.pareto(store.job_id, store.root))
+        _say(f"plot: {plot}")
+    _say(f"job {store.job_id} {state}: {store.dir}")
+
+
+def _print_front(job_id: str, frame) -> None:
+    from nas.pareto import front_table
+
+    header, rows = front_table(frame)
+    table = Table(title=f"Pareto front of {job_id} ({len(rows)} points)")
+    for i, name in enumerate(header):
+        table.add_column(name, no_wrap=i == 0, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command()
@@ -117,7 +142,10 @@ def status(
     from nas import api
 
     info = api.status(job_id, results, address)
-    _say(f"job {info['job_id']}: {info['state']}" + (f" (ray: {info['ray']})" if info.get("ray") else ""))
+    _say(
+        f"job {info['job_id']}: {info['state']}"
+        + (f" (ray: {info['ray']})" if info.get("ray") else "")
+    )
     _say(f"stages done: {', '.join(info['stages_done']) or 'none'}")
     for stage, count in info["items"].items():
         _say(f"  {stage}: {count['done']}/{count['total']}")
@@ -139,7 +167,9 @@ def logs(
 
 
 @app.command()
-def cancel(job_id: str = typer.Argument(...), address: str = typer.Option(..., "--address")) -> None:
+def cancel(
+    job_id: str = typer.Argument(...), address: str = typer.Option(..., "--address")
+) -> None:
     """Stop a cluster job (finished work stays; `nas resume` continues it)."""
     from nas import cluster
 
@@ -189,7 +219,7 @@ def pareto(
 ) -> None:
     """Query a job's Pareto front (filters, sorted by latency); optionally plot it."""
     from nas import api
-    from nas.pareto import front_csv, front_json, front_table
+    from nas.pareto import front_csv, front_json
 
     if fmt not in ("table", "csv", "json"):
         raise UserError(f"--format must be table, csv or json, got {fmt!r}")
@@ -201,13 +231,7 @@ def pareto(
     elif fmt == "json":
         sys.stdout.write(front_json(frame) + "\n")
     else:
-        header, rows = front_table(frame)
-        table = Table(title=f"Pareto front of {job_id} ({len(rows)} points)")
-        for i, name in enumerate(header):
-            table.add_column(name, no_wrap=i == 0, justify="left" if i < 2 else "right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        _print_front(job_id, frame)
     if plot is not None:
         err_console.print(f"wrote {plot}", markup=False, highlight=False)
 
@@ -246,8 +270,21 @@ def profile_cmd(
     if model is None or out is None:
         raise UserError("nas profile needs --model and --out (or --validate FILE)")
     prof = api.profile(
-        model, backend, phase, batch, seq, out, context, variants, space, threads, precision,
-        students, seed, stack, report=_say,
+        model,
+        backend,
+        phase,
+        batch,
+        seq,
+        out,
+        context,
+        variants,
+        space,
+        threads,
+        precision,
+        students,
+        seed,
+        stack,
+        report=_say,
     )
     mape = f", MAPE {prof.validation.mape:.2f} %" if prof.validation else ""
     _say(f"wrote {out}: {len(prof.entries)} entries, fixed {prof.fixed_ms:.3f} ms{mape}")

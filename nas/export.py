@@ -193,31 +193,7 @@ def export_point(
     parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
     student, gkd = build_point(store, spec, parent, point, report)
     summary: dict = {"job": store.job_id, "point_id": str(point_id), "format": fmt}
-    if fmt == "hf":
-        from compress.student import save_student
-
-        save_student(
-            student,
-            out,
-            point_choices(point),
-            tokenizer=parent.tokenizer,
-            parent_source=spec.model.source,
-            hf_config=parent.hf_model.config.to_dict(),
-        )
-    else:
-        prompt = job_splits(spec, store, parent).eval[:1, :32]
-        if fmt == "onnx":
-            from compress.export_onnx import export_onnx
-
-            result = export_onnx(student, out, prompt_ids=prompt)
-            summary["parity"] = result.parity
-            report(f"[export] ONNX parity: {result.parity['summary']}")
-        else:
-            from compress.export_tensorrt import export_tensorrt
-
-            summary["tensorrt"] = export_tensorrt(
-                student, out, engine_shapes(spec), precision, prompt_ids=prompt
-            )
+    summary.update(export_student(store, spec, parent, student, point, fmt, out, precision, report))
     summary["gkd"] = gkd
     atomic_write_json(out / "point.json", {**summary, "point": point})
     summary["files"] = sorted(str(f) for f in out.iterdir() if f.is_file() and f.name[0] != ".")
@@ -234,3 +210,45 @@ def measure_and_record(
     measured = measure_point(student, parent_model, eval_tokens, latency_fn)
     write_measured(store.dir, point_id, measured)
     return measured
+
+
+def export_student(
+    store: JobStore,
+    spec: SearchSpec,
+    parent,
+    student,
+    point: dict,
+    fmt: str,
+    out: Path,
+    precision: str = "fp32",
+    report: Report = print,
+) -> dict:
+    """Write one built student in one format to ``out``; returns what the export reported
+    (``parity`` for ONNX, ``tensorrt`` for engines, nothing for ``hf``)."""
+    summary: dict = {}
+    if fmt == "hf":
+        from compress.student import save_student
+
+        save_student(
+            student,
+            out,
+            point_choices(point),
+            tokenizer=parent.tokenizer,
+            parent_source=spec.model.source,
+            hf_config=parent.hf_model.config.to_dict(),
+        )
+    else:
+        prompt = job_splits(spec, store, parent).eval[:1, :32]
+        if fmt == "onnx":
+            from compress.export_onnx import export_onnx
+
+            result = export_onnx(student, out, prompt_ids=prompt, exporter=spec.export.exporter)
+            summary["parity"] = result.parity
+            report(f"[export] ONNX parity: {result.parity['summary']}")
+        else:
+            from compress.export_tensorrt import export_tensorrt
+
+            summary["tensorrt"] = export_tensorrt(
+                student, out, engine_shapes(spec), precision, prompt_ids=prompt
+            )
+    return summary

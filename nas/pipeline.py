@@ -17,6 +17,7 @@ from nas.scoring_stage import stage_scoring
 from nas.selection_stage import stage_selection
 from nas.spec import SearchSpec
 from nas.store import JobStore
+from nas.students_stage import stage_students
 
 Report = Callable[[str], None]
 
@@ -67,8 +68,8 @@ def run_job(
         selection = stage_selection(spec, store, prepared, report)
         if until == "selection":
             return store.update_manifest(state="stopped", stopped_after=until)
-        # Later stage: students (assemble, export, measure the front's points)
-        del library, scores, selection
+        students = stage_students(spec, store, prepared, report)
+        del library, scores, selection, students
     except BaseException:
         store.update_manifest(state="failed")
         raise

@@ -134,6 +134,9 @@ class ExportSection(_Section):
     points: Literal["front", "none"] = "front"
     measure: bool = True
     gkd: GKDSection | None = None
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.onnx exporter; torchscript exports several times faster"
+    )
 
 
 class RaySection(_Section):

@@ -1,0 +1,109 @@
+"""The students stage: every front point becomes a real student, measured and exported.
+
+For each point (resumable: a point whose ``students/<id>/measured.json`` exists is skipped):
+assemble it from the library (healed by GKD when the spec has ``export.gkd``), measure its
+whole-model latency with the primary profile's backend and settings and its quality on the
+eval split (KL to the parent, LM loss, perplexity), write those into the Pareto table's
+measured columns, and export it in the spec's formats under ``students/<id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from compress.atomic import atomic_write_json
+from nas.spec import SearchSpec
+from nas.store import JobStore
+
+
+@dataclass(frozen=True)
+class Students:
+    measured: int
+    exported: dict  # point id -> list of formats
+
+
+def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) -> Students:
+    if store.stage_done("students"):
+        rec = store.read_stage("students")
+        report(f"[students] done before: {rec['measured']} points measured")
+        return Students(rec["measured"], rec["exported"])
+    from compress.latency import resolve_profiles
+    from compress.measured import profile_latency_fn, quality
+    from compress.variants import parse_space
+    from nas.export import build_point, measure_and_record
+    from nas.pareto import read_front, read_meta
+    from nas.selection_stage import PHASE_METRIC
+
+    t0 = time.perf_counter()
+    parent = prepared.parent
+    if spec.export.points == "none":
+        store.write_stage("students", {"measured": 0, "exported": {}, "wall_s": 0.0})
+        return Students(0, {})
+    if "tensorrt" in spec.export.formats:
+        from compress.export_tensorrt import import_tensorrt
+
+        import_tensorrt()  # fail before any work when TensorRT is missing
+    attention, ffn = parse_space(spec.space.attention, spec.space.ffn, parent.shape)
+    profiles = resolve_profiles(
+        spec.hardware,
+        parent.adapter,
+        attention + ffn,
+        store.path("hwprofiles"),
+        spec.model.source,
+        report=report,
+    )
+    primary = read_meta(store.dir).get("primary_metric")
+    profile = next((p for p in profiles if PHASE_METRIC[p.phase] == primary), profiles[0])
+    latency_fn = profile_latency_fn(profile) if spec.export.measure else None
+    eval_tokens = prepared.splits.eval
+    front = read_front(store.dir)
+    exported: dict = {}
+    parent_file = store.path("students", "parent.json")
+    if latency_fn is not None and not parent_file.exists():
+        lat = latency_fn(parent.adapter)
+        q = quality(parent.adapter, parent.adapter, eval_tokens, spec.scoring.batch_size)
+        atomic_write_json(parent_file, {"measured_latency": lat, **q})
+        report(f"[students] parent: {lat['median_ms']:.2f} ms ({profile.describe()})")
+    for i, point in enumerate(front.to_dict("records")):
+        pid = point["point_id"]
+        folder = store.path("students", pid)
+        marker = folder / "measured.json"
+        if marker.exists():
+            exported[pid] = json.loads(marker.read_text()).get("formats", [])
+            continue
+        student, gkd = build_point(store, spec, parent, point, report)
+        measured = {}
+        if latency_fn is not None:
+            measured = measure_and_record(
+                store, pid, student, parent.adapter, eval_tokens, latency_fn
+            )
+            report(
+                f"[students] {pid} ({i + 1}/{len(front)}): {measured['measured_latency_ms']:.2f} ms, "
+                f"KL {measured['measured_kl']:.4f}, perplexity {measured['measured_perplexity']:.3f}"
+            )
+        formats = _export(spec, store, student, parent, point, folder, report)
+        exported[pid] = formats
+        atomic_write_json(marker, {"point_id": pid, "gkd": gkd, "formats": formats, **measured})
+        store.set_progress("students", i + 1, len(front))
+    record = {
+        "measured": len(front) if latency_fn is not None else 0,
+        "exported": exported,
+        "profile": profile.describe(),
+        "wall_s": time.perf_counter() - t0,
+    }
+    store.write_stage("students", record)
+    report(
+        f"[students] {len(front)} points built, measured and exported in {record['wall_s']:.1f}s"
+    )
+    return Students(record["measured"], exported)
+
+
+def _export(spec: SearchSpec, store, student, parent, point, folder, report) -> list[str]:
+    from nas.export import export_student
+
+    precision = spec.hardware.measure.precision if spec.hardware.measure else "fp32"
+    for fmt in spec.export.formats:
+        export_student(store, spec, parent, student, point, fmt, folder / fmt, precision, report)
+    return list(spec.export.formats)
