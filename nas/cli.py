@@ -78,7 +78,11 @@ def _finish(store) -> None:
     """After a run: the front as a table and its plot, when the job got that far."""
     from nas import api
 
-    state = store.manifest()["state"]
+    manifest = store.manifest()
+    state = manifest["state"]
+    times = manifest.get("stage_seconds", {})
+    if times:
+        _say("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     if store.stage_done("selection"):
         plot = store.path("pareto", "front.png")
         api.plot_pareto(store.job_id, plot, store.root)

@@ -7,6 +7,7 @@ existing job.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,28 +53,53 @@ def run_job(
     if until is not None and until not in STAGES:
         raise JobError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     store.update_manifest(state="running")
+    timer = _StageTimer(store)
     try:
-        prepared = stage_baseline(spec, store, report)
+        with timer("baseline"):
+            prepared = stage_baseline(spec, store, report)
         if until == "baseline":
-            return store.update_manifest(state="stopped", stopped_after=until)
-        captured = stage_capture(spec, store, prepared, report)
+            return timer.stop(until)
+        with timer("capture"):
+            captured = stage_capture(spec, store, prepared, report)
         if until == "capture":
-            return store.update_manifest(state="stopped", stopped_after=until)
-        library = stage_bld(spec, store, prepared, captured, report)
+            return timer.stop(until)
+        with timer("bld"):
+            stage_bld(spec, store, prepared, captured, report)
         if until == "bld":
-            return store.update_manifest(state="stopped", stopped_after=until)
-        scores = stage_scoring(spec, store, prepared, report)
+            return timer.stop(until)
+        with timer("scoring"):
+            stage_scoring(spec, store, prepared, report)
         if until == "scoring":
-            return store.update_manifest(state="stopped", stopped_after=until)
-        selection = stage_selection(spec, store, prepared, report)
+            return timer.stop(until)
+        with timer("selection"):
+            stage_selection(spec, store, prepared, report)
         if until == "selection":
-            return store.update_manifest(state="stopped", stopped_after=until)
-        students = stage_students(spec, store, prepared, report)
-        del library, scores, selection, students
+            return timer.stop(until)
+        with timer("students"):
+            stage_students(spec, store, prepared, report)
     except BaseException:
         store.update_manifest(state="failed")
         raise
     return store.update_manifest(state="finished")
+
+
+class _StageTimer:
+    """Records the current stage and each stage's wall seconds (this run) in the manifest."""
+
+    def __init__(self, store: JobStore):
+        self.store = store
+        self.seconds = dict(store.manifest().get("stage_seconds", {}))
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        self.store.update_manifest(current_stage=stage)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[stage] = round(time.perf_counter() - t0, 2)
+        self.store.update_manifest(stage_seconds=self.seconds)
+
+    def stop(self, stage: str) -> dict:
+        return self.store.update_manifest(state="stopped", stopped_after=stage)
 
 
 def stage_baseline(spec: SearchSpec, store: JobStore, report: Report = print) -> Prepared:

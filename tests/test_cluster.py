@@ -27,6 +27,7 @@ def nas(*args, timeout=900):
         text=True,
         cwd=ROOT,
         timeout=timeout,
+        env=clean_env(),
     )
 
 
