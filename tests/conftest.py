@@ -19,6 +19,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests use tiny models: one intra-op thread is much faster than two on a busy 2-core
+    machine (latency measurements set their own onnxruntime threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _no_ray_left_running():
     """Stages keep an in-process Ray up for the next stage; each test module starts clean."""

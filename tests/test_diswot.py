@@ -18,15 +18,6 @@ from compress.scoring import ActivationCache
 from compress.variants import VariantSpec, parse_space
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread (much faster than two on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def calib(tiny_splits):
     return tiny_splits.train[:8]

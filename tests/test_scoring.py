@@ -13,15 +13,6 @@ from compress.scoring import ActivationCache, parent_scores, score_replacement
 from compress.variants import VariantSpec
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread (much faster than two on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def eval_tokens(tiny_splits):
     return tiny_splits.eval[:16]
