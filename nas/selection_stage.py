@@ -31,29 +31,20 @@ def phase_profiles(profiles: list) -> dict:
     return out
 
 
-def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -> Selection:
-    """Build and store the front; skipped when its record exists."""
-    if store.stage_done("selection"):
-        rec = store.read_stage("selection")
-        report(f"[selection] done before: {rec['points']} points")
-        return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
+def job_profiles(spec: SearchSpec, store: JobStore, parent, report=print) -> list:
+    """The spec's hardware profiles covering its space (missing entries measured into the
+    job's ``hwprofiles/``); raises ``SelectionError`` when the spec names none."""
     from compress.latency import resolve_profiles
     from compress.variants import parse_space
-    from nas.library import library_frame
-    from nas.pareto import CandidatePoint, Target, select_front, write_front
-    from nas.selection.costs import problem_from_library, profile_latency
     from nas.selection.errors import SelectionError
 
-    t0 = time.perf_counter()
-    parent = prepared.parent
-    shape = parent.shape
-    attention, ffn = parse_space(spec.space.attention, spec.space.ffn, shape)
     if not spec.hardware.profiles and not spec.hardware.phases:
         raise SelectionError(
             "hardware: name profile files (hardware.profiles) or phases to measure "
             "(hardware.phases with hardware.measure); see `nas profile`"
         )
-    profiles = resolve_profiles(
+    attention, ffn = parse_space(spec.space.attention, spec.space.ffn, parent.shape)
+    return resolve_profiles(
         spec.hardware,
         parent.adapter,
         attention + ffn,
@@ -61,6 +52,22 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         spec.model.source,
         report=report,
     )
+
+
+def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -> Selection:
+    """Build and store the front; skipped when its record exists."""
+    if store.stage_done("selection"):
+        rec = store.read_stage("selection")
+        report(f"[selection] done before: {rec['points']} points")
+        return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
+    from nas.library import library_frame
+    from nas.pareto import CandidatePoint, Target, select_front, write_front
+    from nas.selection.costs import problem_from_library, profile_latency
+
+    t0 = time.perf_counter()
+    parent = prepared.parent
+    shape = parent.shape
+    profiles = job_profiles(spec, store, parent, report)
     by_metric = phase_profiles(profiles)
     latency, fixed = profile_latency(by_metric)
     decode = by_metric.get("decode_latency_ms")

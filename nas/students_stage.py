@@ -29,12 +29,10 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
         rec = store.read_stage("students")
         report(f"[students] done before: {rec['measured']} points measured")
         return Students(rec["measured"], rec["exported"])
-    from compress.latency import resolve_profiles
     from compress.measured import profile_latency_fn, quality
-    from compress.variants import parse_space
     from nas.export import build_point, measure_and_record
     from nas.pareto import read_front, read_meta
-    from nas.selection_stage import PHASE_METRIC
+    from nas.selection_stage import PHASE_METRIC, job_profiles
 
     t0 = time.perf_counter()
     parent = prepared.parent
@@ -45,15 +43,7 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
         from compress.export_tensorrt import import_tensorrt
 
         import_tensorrt()  # fail before any work when TensorRT is missing
-    attention, ffn = parse_space(spec.space.attention, spec.space.ffn, parent.shape)
-    profiles = resolve_profiles(
-        spec.hardware,
-        parent.adapter,
-        attention + ffn,
-        store.path("hwprofiles"),
-        spec.model.source,
-        report=report,
-    )
+    profiles = job_profiles(spec, store, parent, report)
     primary = read_meta(store.dir).get("primary_metric")
     profile = next((p for p in profiles if PHASE_METRIC[p.phase] == primary), profiles[0])
     latency_fn = profile_latency_fn(profile) if spec.export.measure else None
