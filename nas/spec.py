@@ -143,7 +143,10 @@ class RaySection(_Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
     num_cpus: int | None = Field(None, ge=1)
     storage: str | None = Field(None, description="results root shared by the cluster")
-    latency_resource: str | None = Field(None, description='custom resource, e.g. "hw:h100"')
+    latency_resource: str | None = Field(
+        None,
+        description='custom resource of the target-hardware nodes that measure latency, e.g. "hw:h100"',
+    )
 
 
 class SearchSpec(_Section):

@@ -47,6 +47,8 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
     primary = read_meta(store.dir).get("primary_metric")
     profile = next((p for p in profiles if PHASE_METRIC[p.phase] == primary), profiles[0])
     latency_fn = profile_latency_fn(profile) if spec.export.measure else None
+    if latency_fn is not None and spec.ray.latency_resource:
+        latency_fn = _pinned(latency_fn, spec)
     eval_tokens = prepared.splits.eval
     front = read_front(store.dir)
     exported: dict = {}
@@ -97,3 +99,23 @@ def _export(spec: SearchSpec, store, student, parent, point, folder, report) -> 
     for fmt in spec.export.formats:
         export_student(store, spec, parent, student, point, fmt, folder / fmt, precision, report)
     return list(spec.export.formats)
+
+
+def _pinned(latency_fn, spec: SearchSpec):
+    """Run ``latency_fn`` as a Ray task on a node advertising ``spec.ray.latency_resource``
+    (e.g. ``hw:h100``), so latency is measured on the target hardware, not on the driver."""
+    import ray
+
+    from nas.ray_runtime import ensure_ray, task_options
+
+    ensure_ray(spec.ray)
+    remote = ray.remote(**task_options(num_cpus=1, resource=spec.ray.latency_resource))(_call)
+
+    def measure(model):
+        return ray.get(remote.remote(latency_fn, model))
+
+    return measure
+
+
+def _call(fn, *args):
+    return fn(*args)

@@ -219,7 +219,6 @@ def test_library_frame_has_one_row_per_layer_and_variant(bld_job):
     assert weights.is_file()
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_from_the_cli(tmp_path):
     """A real interruption: ``nas run`` is killed (SIGKILL, whole process group) during BLD,
     then ``nas resume`` finishes the library without touching the variants already written."""

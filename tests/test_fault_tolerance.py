@@ -88,3 +88,29 @@ def test_killed_ray_worker_during_bld_is_retried(tmp_path):
     records = list(library.glob("L*.json"))
     assert len(records) == 35  # 5 layers x (2 KV-head + linear attention, 3 widths + linear FFN)
     assert all(p.with_suffix(".safetensors").is_file() for p in records)
+
+
+def _measured_where(model) -> dict:
+    return {
+        "median_ms": 1.0,
+        "pid": os.getpid(),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def test_latency_measurement_is_pinned_to_the_named_resource(stories_parent):
+    """``ray.latency_resource`` sends whole-student latency measurement to the nodes that
+    advertise it (here a local Ray started with that custom resource)."""
+    import ray
+
+    from nas.spec import parse_spec
+    from nas.students_stage import _pinned
+
+    ray.init(num_cpus=1, resources={"hw:test": 1}, include_dashboard=False, log_to_driver=False)
+    try:
+        spec = parse_spec({"ray": {"latency_resource": "hw:test"}})
+        result = _pinned(_measured_where, spec)(stories_parent.adapter)
+        assert result["pid"] != os.getpid()  # ran in a Ray worker, not in the driver
+        assert result["params"] == sum(p.numel() for p in stories_parent.adapter.parameters())
+    finally:
+        ray.shutdown()
