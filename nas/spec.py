@@ -134,6 +134,9 @@ class ExportSection(_Section):
     points: Literal["front", "none"] = "front"
     measure: bool = True
     gkd: GKDSection | None = None
+    eval_tokens: int | None = Field(
+        None, gt=0, description="eval-split tokens for measured quality (default: all)"
+    )
     exporter: Literal["dynamo", "torchscript"] = Field(
         "dynamo", description="torch.onnx exporter; torchscript exports several times faster"
     )

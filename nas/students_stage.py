@@ -50,6 +50,8 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
     if latency_fn is not None and spec.ray.latency_resource:
         latency_fn = _pinned(latency_fn, spec)
     eval_tokens = prepared.splits.eval
+    if spec.export.eval_tokens is not None:
+        eval_tokens = eval_tokens[: max(1, spec.export.eval_tokens // prepared.splits.seq_len)]
     front = read_front(store.dir)
     exported: dict = {}
     parent_file = store.path("students", "parent.json")
