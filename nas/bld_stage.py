@@ -24,7 +24,7 @@ from pathlib import Path
 
 from compress.variants import VariantSpec, parse_space
 from nas.errors import JobError
-from nas.ray_runtime import task_options
+from nas.ray_runtime import as_completed, task_options
 from nas.spec import SearchSpec
 from nas.store import JobStore
 
@@ -318,29 +318,16 @@ def _run_on_ray(
             str(captured.heldout_dir),
             str(library_dir),
             config,
-        ): (layer, v)
+        ): f"{v} in layer {layer}"
         for layer, v in todo
     }
     done = done_before
     store.set_progress("bld", done, total)
     with _progress("[bld] variants", total, completed=done_before) as advance:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                layer, v = pending.pop(ref)
-                try:
-                    ray.get(ref)
-                except Exception as exc:
-                    for other in pending:
-                        ray.cancel(other)
-                    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-                    raise JobError(
-                        f"BLD of {v} in layer {layer} failed: {first[:300]}; the variants "
-                        "finished so far are kept, resume the job to retry"
-                    ) from None
-                done += 1
-                advance(done)
-                store.set_progress("bld", done, total)
+        for _ in as_completed(pending, "BLD of"):
+            done += 1
+            advance(done)
+            store.set_progress("bld", done, total)
 
 
 def _connect_ray(spec: SearchSpec) -> None:

@@ -35,3 +35,31 @@ def task_options(num_cpus: float = 1, resource: str | None = None) -> dict:
     if resource:
         options["resources"] = {resource: 1}
     return options
+
+
+def as_completed(tasks: dict, what: str):
+    """Yield ``(key, result)`` for ``{ObjectRef: key}`` as each task finishes.
+
+    When a task fails (after its retries) the others are cancelled and a ``JobError`` names
+    ``what`` and the task's key: the work finished so far is kept, so resuming retries the rest.
+    """
+    import ray
+
+    from nas.errors import JobError
+
+    pending = dict(tasks)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        ref = ready[0]
+        key = pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except Exception as exc:
+            for other in pending:
+                ray.cancel(other)
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            raise JobError(
+                f"{what} {key} failed: {last[:300]}; the work finished so far is kept, "
+                "resume the job to retry"
+            ) from None
+        yield key, result

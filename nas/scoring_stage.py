@@ -19,7 +19,6 @@ from pathlib import Path
 
 from compress.atomic import atomic_write_json
 from compress.variants import VariantSpec
-from nas.errors import JobError
 from nas.spec import SearchSpec
 from nas.store import JobStore
 
@@ -125,7 +124,7 @@ def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report,
     import ray
 
     from nas.bld_stage import _connect_ray
-    from nas.ray_runtime import task_options
+    from nas.ray_runtime import as_completed, task_options
 
     _connect_ray(spec)  # Ray stays up for the later stages of this process
     remote = ray.remote(**task_options(num_cpus=1))(score_layer)
@@ -143,22 +142,10 @@ def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report,
         for layer, variants in sorted(pending.items())
     }
     done = total - sum(len(v) for v in pending.values())
-    waiting = list(refs)
-    while waiting:
-        ready, waiting = ray.wait(waiting, num_returns=1)
-        try:
-            written = ray.get(ready[0])
-        except Exception as exc:
-            for other in waiting:
-                ray.cancel(other)
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-            raise JobError(
-                f"scoring layer {refs[ready[0]]} failed: {last[:300]}; the scores written so "
-                "far are kept, resume the job to retry"
-            ) from None
+    for layer, written in as_completed(refs, "scoring layer"):
         done += len(written)
         store.set_progress("scoring", done, total)
-        report(f"[scoring] layer {refs[ready[0]]}: {len(written)} scored ({done}/{total})")
+        report(f"[scoring] layer {layer}: {len(written)} scored ({done}/{total})")
 
 
 _PARENTS: dict = {}
