@@ -45,6 +45,29 @@ def quality(
     return {"kl": kl_sum / max(kl_count, 1), "lm_loss": loss, "perplexity": math.exp(loss)}
 
 
+class KLReference:
+    """The parent's logits on fixed (N, S) tokens, computed once, so that many students can be
+    compared against them (``kl``) without rerunning the parent."""
+
+    @torch.no_grad()
+    def __init__(self, parent: BlockModel, tokens: torch.Tensor, batch_size: int = 4):
+        self.batches = [
+            (tokens[start : start + batch_size], parent(tokens[start : start + batch_size]))
+            for start in range(0, tokens.shape[0], batch_size)
+        ]
+        self.tokens = int(tokens.numel())
+
+    @torch.no_grad()
+    def kl(self, student: BlockModel) -> float:
+        """Mean per-position KL(parent || student) in nats over the reference tokens."""
+        total, count = 0.0, 0
+        for ids, parent_logits in self.batches:
+            kl = kl_from_logits(parent_logits, student(ids))
+            total += float(kl.sum())
+            count += kl.numel()
+        return total / max(count, 1)
+
+
 def ort_latency_fn(
     batch: int = 1,
     seq: int = 256,

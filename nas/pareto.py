@@ -15,6 +15,8 @@ Files under ``results/<job>/pareto/`` (each written atomically):
 - ``baselines.json`` (optional): records with ``label`` plus the same cost / quality columns,
   e.g. the greedy selection at the same budgets; plotted, never part of the front.
 - ``problem.json``: the ``SelectionProblem`` the front was built from.
+- ``alternates.json`` (with ``solutions_per_budget`` > 1): every MIP solution of every budget,
+  with its ``target``; the rerank stage measures them and keeps the best of each budget.
 
 Pure Python + pandas; matplotlib is imported only to write a PNG.
 """
@@ -82,6 +84,7 @@ class FrontResult:
     front: pd.DataFrame
     baselines: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    alternates: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def cost_column(metric: str) -> str:
@@ -150,7 +153,7 @@ def select_front(
             metrics.append(b.metric)
     if not metrics:
         metrics = [next((m for m in LATENCY_METRICS if m in problem.metrics), problem.metrics[0])]
-    rows, baseline_rows, infeasible = [], [], []
+    rows, baseline_rows, alternate_rows, infeasible = [], [], [], []
     for budget in budgets:
         for strategy in (*strategies, *baselines):
             result = _solve(
@@ -170,16 +173,17 @@ def select_front(
                 continue
             target_rows = baseline_rows if strategy in baselines else rows
             for solution in result:
-                target_rows.append(
-                    _row(
-                        problem,
-                        solution.choices,
-                        strategy,
-                        budget.label,
-                        solution.status,
-                        solution.score,
-                    )
+                row = _row(
+                    problem,
+                    solution.choices,
+                    strategy,
+                    budget.label,
+                    solution.status,
+                    solution.score,
                 )
+                target_rows.append(row)
+                if strategy not in baselines and solutions_per_budget > 1:
+                    alternate_rows.append(dict(row))
     for point in strategies_points:
         indices = problem.indices(point.choices)
         kl = problem.score(indices) if point.predicted_kl is None else float(point.predicted_kl)
@@ -216,7 +220,8 @@ def select_front(
     )
     base_frame = pd.DataFrame(_dedupe(baseline_rows), columns=columns)
     base_frame.insert(0, "label", base_frame["strategy"])
-    return FrontResult(front_frame, base_frame, meta)
+    alternates = pd.DataFrame(alternate_rows, columns=columns)
+    return FrontResult(front_frame, base_frame, meta, alternates)
 
 
 def _solve(problem, budget: Budget, strategy, solutions, diversity, time_limit_s, batch):
@@ -331,9 +336,19 @@ def write_front(
             folder / "baselines.json",
             json.dumps(_records(result.baselines), indent=1, allow_nan=False) + "\n",
         )
+    if len(result.alternates):
+        _write_table(folder, "alternates", result.alternates)
     atomic_write_json(folder / "meta.json", result.meta)
     _write_table(folder, "front", result.front)
     return folder
+
+
+def rewrite_front(job_dir: str | Path, frame: pd.DataFrame, **meta_fields) -> None:
+    """Replace the stored front with ``frame`` (same columns, plus any new ones) and merge
+    ``meta_fields`` into its meta; both writes are atomic, the meta first."""
+    meta = read_meta(job_dir) | meta_fields | {"points": len(frame)}
+    atomic_write_json(front_dir(job_dir) / "meta.json", meta)
+    _write_table(front_dir(job_dir), "front", frame)
 
 
 def read_meta(job_dir: str | Path) -> dict:
@@ -357,6 +372,14 @@ def read_front(job_dir: str | Path) -> pd.DataFrame:
             frame[column] = None
     frame.attrs["meta"] = meta
     return frame
+
+
+def read_alternates(job_dir: str | Path) -> pd.DataFrame:
+    """Every budgeted MIP solution (``alternates.json``), or an empty frame when none."""
+    path = front_dir(job_dir) / "alternates.json"
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.DataFrame(json.loads(path.read_text()))
 
 
 def read_baselines(job_dir: str | Path) -> pd.DataFrame:

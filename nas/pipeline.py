@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from nas.bld_stage import stage_bld, stage_capture
 from nas.errors import JobError
+from nas.rerank_stage import stage_rerank
 from nas.scoring_stage import stage_scoring
 from nas.selection_stage import stage_selection
 from nas.spec import SearchSpec
@@ -40,7 +41,7 @@ class Prepared:
     baseline: Baseline
 
 
-STAGES = ("baseline", "capture", "bld", "scoring", "selection", "students")
+STAGES = ("baseline", "capture", "bld", "scoring", "selection", "rerank", "students")
 
 
 def run_job(
@@ -74,6 +75,10 @@ def run_job(
         with timer("selection"):
             stage_selection(spec, store, prepared, report)
         if until == "selection":
+            return timer.stop(until)
+        with timer("rerank"):
+            stage_rerank(spec, store, prepared, report)
+        if until == "rerank":
             return timer.stop(until)
         with timer("students"):
             stage_students(spec, store, prepared, report)

@@ -117,6 +117,12 @@ class StrategySection(_Section):
     )
     solutions_per_budget: int = Field(1, ge=1)
     diversity_layers: int = Field(1, ge=1)
+    rerank_tokens: int = Field(
+        1024,
+        gt=0,
+        description="with solutions_per_budget > 1: train-split tokens BLD did not see on which "
+        "each budget's solutions are assembled and compared by measured KL (best one kept)",
+    )
     time_limit_s: float = Field(10.0, gt=0)
     keep_last_layers: int = Field(0, ge=0)
     trials: int = Field(32, ge=1, description="diswot-evolution trials")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -268,3 +269,17 @@ def test_killed_run_resumes_from_the_cli(tmp_path):
         assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, name
     names = [p.name for p in library.iterdir()]
     assert len(names) == 2 * 35 and not [n for n in names if n.startswith(".")]
+    # the rest of the pipeline ran too: tiny.yaml asks for 3 MIP solutions per budget, and the
+    # rerank stage kept the one with the lowest measured KL for each budget
+    from nas.pareto import read_alternates, read_front
+
+    job = tmp_path / "killed"
+    manifest = json.loads((job / "manifest.json").read_text())
+    assert manifest["state"] == "finished" and "rerank" in manifest["stage_seconds"]
+    alternates = read_alternates(job)
+    measured = {p.stem: json.loads(p.read_text())["kl"] for p in (job / "rerank").glob("*.json")}
+    assert set(measured) == set(alternates["point_id"])
+    front = read_front(job)
+    for target, group in front[front["strategy"] == "puzzle-mip"].groupby("target"):
+        best = min(measured[p] for p in alternates[alternates["target"] == target]["point_id"])
+        assert group["rerank_kl"].tolist() == [best]

@@ -246,3 +246,40 @@ def test_front_from_the_real_stories260k_profiles_and_the_tiny_sweep():
     assert (
         result.front["predicted_prefill_latency_ms"] < problem.cost(parent, "prefill_latency_ms")
     ).all()
+
+
+def test_alternates_and_rerank_keep_the_best_solution_of_each_budget(problem, tmp_path):
+    """With 3 solutions per budget every MIP solution is kept as an alternate; reranking by
+    a (here synthetic) measured KL keeps exactly the best one of each budget, drops a best
+    that another budget's best beats, and leaves the other strategies' points alone."""
+    from nas.pareto import read_alternates
+    from nas.rerank_stage import reranked_front
+
+    points = [CandidatePoint("amoeba-dp", mask_choices((True,) * 11 + (False,)))]
+    result = select_front(
+        problem, [SWEEP], points, solutions_per_budget=3, diversity_layers=2, time_limit_s=30
+    )
+    alternates = result.alternates
+    assert set(alternates["target"]) == set(result.meta["targets"])
+    assert (alternates.groupby("target")["point_id"].nunique() == 3).all()
+    store = JobStore.create(tmp_path, "alt", {"name": "alt"}, None)
+    write_front(store.dir, result, problem)
+    stored = read_alternates(store.dir)
+    assert list(stored["point_id"]) == list(alternates["point_id"])
+    # the "measured" KL prefers the MIP's last (least predicted-optimal) solution of each budget
+    rank = alternates.groupby("target").cumcount()
+    scores = dict(zip(alternates["point_id"], alternates["predicted_kl"] - rank, strict=True))
+    front = read_front(store.dir)
+    new, changed = reranked_front(front, alternates, scores)
+    mip = new[new["strategy"] == "puzzle-mip"]
+    for target, group in mip.groupby("target"):
+        assert len(group) == 1
+        options = alternates[alternates["target"] == target]["point_id"]
+        assert group["rerank_kl"].iloc[0] == min(scores[p] for p in options)
+    assert changed >= 1 and new["point_id"].is_unique
+    assert set(front[front["strategy"] != "puzzle-mip"]["point_id"]) <= set(new["point_id"])
+    # no kept budget point is beaten on predicted cost and measured KL by another
+    cost = "predicted_prefill_latency_ms"
+    rows = mip[[cost, "rerank_kl"]].values.tolist()
+    assert not any(o[0] <= r[0] and o[1] <= r[1] and o != r for r in rows for o in rows)
+    assert new[cost].is_monotonic_increasing
