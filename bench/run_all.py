@@ -1,13 +1,15 @@
 """Regenerate every benchmark table with one command, then write results/bench/SUMMARY.md.
 
-    python bench/run_all.py [--job JOB] [--results DIR] [--only NAME ...] [--quick]
-                            [--list] [--keep-going]
+    python bench/run_all.py [--job JOB] [--quality-job JOB] [--results DIR] [--only NAME ...]
+                            [--quick] [--list] [--keep-going]
 
 Runs each bench script in sequence as a subprocess (its table printed as it goes), in the order
 below. Scripts that need a finished quickstart job (``smollm2-135m``) get ``--job``; without
 ``--job`` the job ``bench-quickstart`` is used, run first with
 ``nas run search_spaces/quickstart.yaml --job-id bench-quickstart`` (or resumed) when it is not
-finished. ``--quick`` passes each script's quick arguments (e.g. ``profile_mape --report-only``,
+finished. ``healed_front`` times the GKD-healed students of a finished job of
+``search_spaces/quality.yaml`` (about 50 minutes on 2 cores, so never started from here): it runs
+with ``--quality-job JOB`` and is skipped otherwise. ``--quick`` passes each script's quick arguments (e.g. ``profile_mape --report-only``,
 DisWOT on stories260K only). Scripts marked GPU-only are skipped when torch sees no CUDA device.
 Finally every ``results/bench/*.md`` (except SUMMARY.md) is concatenated, in the order of the
 scripts that wrote them, into ``results/bench/SUMMARY.md``, which is printed.
@@ -40,7 +42,8 @@ class Bench:
     name: str
     args: tuple[str, ...] = ()
     quick: tuple[str, ...] | None = None
-    job: str = ""  # "": no job; "job": --job JOB --results DIR; "point": also --point
+    job: str = ""  # "": no job; "job": --job JOB --results DIR; "point": also --point;
+    # "quality": --job QUALITY_JOB --results DIR
     gpu: bool = False
     outputs: tuple[str, ...] = field(default_factory=tuple)
 
@@ -53,6 +56,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("service_latency", job="job", outputs=("service_latency",)),
     Bench("export_speed", job="point", outputs=("export_speed",)),
     Bench("baselines", job="job", outputs=("baselines", "baselines_domination")),
+    Bench("healed_front", job="quality", outputs=("healed_front",)),
 )
 NAMES = tuple(b.name for b in BENCHES)
 
@@ -109,9 +113,13 @@ def has_cuda() -> bool:
         return False
 
 
-def command(bench: Bench, quick: bool, job: str | None, results: Path) -> list[str]:
+def command(
+    bench: Bench, quick: bool, job: str | None, results: Path, quality_job: str | None = None
+) -> list[str]:
     args = list(bench.quick if quick and bench.quick is not None else bench.args)
-    if bench.job and job is not None:
+    if bench.job == "quality":
+        args += ["--job", str(quality_job), "--results", str(results)]
+    elif bench.job and job is not None:
         args += ["--job", job, "--results", str(results)]
         if bench.job == "point":
             args += ["--point", half_latency_point(results, job)]
@@ -136,6 +144,9 @@ def summary(ran: list[Bench], status: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", help="a finished quickstart job (default: bench-quickstart)")
+    parser.add_argument(
+        "--quality-job", help="a finished job of quality.yaml, for healed_front (else skipped)"
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"subset of: {' '.join(NAMES)}")
     parser.add_argument("--quick", action="store_true", help="each script's quick arguments")
@@ -144,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for b in BENCHES:
-            say(f"{b.name:16s} {'needs a job ' if b.job else ''}{'GPU only' if b.gpu else ''}")
+            needs = {"quality": "needs --quality-job "}.get(b.job, "needs a job " if b.job else "")
+            say(f"{b.name:16s} {needs}{'GPU only' if b.gpu else ''}")
         return 0
     only = [n.removesuffix(".py") for n in args.only or NAMES]
     unknown = sorted(set(only) - set(NAMES))
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = [b for b in BENCHES if b.name in only]
     cuda = has_cuda() if any(b.gpu for b in selected) else False
     job = None
-    if any(b.job for b in selected):
+    if any(b.job and b.job != "quality" for b in selected):
         try:
             job = ensure_job(args.results, args.job)
         except SystemExit as exc:
@@ -170,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             status[bench.name] = "skipped (GPU only, no CUDA device)"
             say(f"[run_all] {bench.name}: skipped, GPU only")
             continue
-        cmd = command(bench, args.quick, job, args.results)
+        if bench.job == "quality" and not args.quality_job:
+            status[bench.name] = "skipped (needs --quality-job, a finished job of quality.yaml)"
+            say(f"[run_all] {bench.name}: skipped, no --quality-job")
+            continue
+        cmd = command(bench, args.quick, job, args.results, args.quality_job)
         say(f"[run_all] {' '.join(cmd[1:])}")
         t0 = time.perf_counter()
         code = subprocess.run(cmd, cwd=ROOT).returncode

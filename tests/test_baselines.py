@@ -123,3 +123,25 @@ def test_run_all_rejects_unknown_names(capsys):
     assert "unknown bench nope" in capsys.readouterr().err
     assert run_all.main(["--list"]) == 0
     assert "baselines" in capsys.readouterr().out
+
+
+def test_healed_front_rotates_the_order_and_refuses_a_job_without_students(tmp_path, capsys):
+    hf = _load("healed_front")
+
+    class Clock:  # records the order the rounds run the models in
+        def __init__(self, name, log):
+            self.name, self.log = name, log
+
+        def run(self, outputs, feeds):
+            self.log.append(self.name)
+
+    log: list[str] = []
+    sessions = {n: Clock(n, log) for n in ("parent", "a", "b")}
+    times = hf.rotated_rounds(sessions, None, repeats=6)
+    assert all(len(t) == 6 for t in times.values())
+    rounds = [log[9 + 3 * r : 12 + 3 * r] for r in range(6)]  # after 3 warm-ups each
+    assert [r[0] for r in rounds] == ["parent", "a", "b"] * 2
+    assert all(sorted(r) == ["a", "b", "parent"] for r in rounds)
+    assert hf.main(["--job", "nosuch", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no exported students" in err[0]
