@@ -21,6 +21,7 @@ import os
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -28,9 +29,10 @@ from pathlib import Path
 
 import psutil
 
-from bench._report import write_table
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: bench/ is not an installed package
+
+from bench._report import write_table  # noqa: E402
 
 
 class PeakRSS:

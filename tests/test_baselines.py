@@ -145,3 +145,34 @@ def test_healed_front_rotates_the_order_and_refuses_a_job_without_students(tmp_p
     assert hf.main(["--job", "nosuch", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no exported students" in err[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mip_speed",
+        "profile_mape",
+        "diswot",
+        "bld",
+        "service_latency",
+        "export_speed",
+        "baselines",
+        "healed_front",
+    ],
+)
+def test_every_bench_script_starts_as_a_script(name):
+    """run_all starts each script as ``python bench/NAME.py`` from any folder: its imports must
+    work that way (``--help`` exits before any work)."""
+    import subprocess
+
+    run_all = _load("run_all")
+    assert name in run_all.NAMES
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage" in out.stdout.lower()
