@@ -6,7 +6,7 @@ result is stored in hwprofiles/onnxruntime-cpu__smollm2-135m__prefill-b1-s256.js
 ``--report-only`` it prints the committed profiles' numbers without measuring. Also prints the
 committed decode profile's KV-head and noop entries. Writes results/bench/profile_mape.{csv,md}.
 
-    python bench/profile_mape.py [--report-only] [--students 8] [--threads 2]
+    python bench/profile_mape.py [--report-only] [--students 8] [--threads N]
 """
 
 from __future__ import annotations
@@ -31,12 +31,20 @@ def main() -> int:
     ap.add_argument("--report-only", action="store_true", help="print the committed numbers")
     ap.add_argument("--students", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="onnxruntime threads (default: the committed profile's, so that regenerating it "
+        "keeps the settings the shipped specs were searched with)",
+    )
     ap.add_argument("--profile", type=Path, default=PROFILE)
     args = ap.parse_args()
 
     if not args.report_only:
         from compress.profile_cli import measure_profile_file
+
+        if args.threads is None and args.profile.exists():
+            args.threads = load_profile(args.profile).threads
 
         measure_profile_file(
             "smollm2-135m",
