@@ -17,8 +17,8 @@ Points (each a whole student assembled from the job's library, ``compress.studen
   than the largest, no lower than the smallest, so that a front point can be compared).
 
 Latency: the job's primary hardware profile's backend and settings over the whole student
-(``compress.latency.whole_graph``). Students are timed in groups of ``--group`` with the
-parent in every group, repeats interleaved round-robin (``compress.latency.time_graphs``);
+(``compress.latency.whole_graph``). Students are sorted by predicted latency and timed in
+groups of ``--group`` with the parent in every group (so near-equal students share a group), repeats interleaved round-robin (``compress.latency.time_graphs``);
 ``speedup`` is the group's parent median over the point's median, and ``latency_ms`` is the
 point's speedup applied to the median parent latency over all groups (``raw_ms``: the point's
 own median). Quality: KL from the parent and perplexity on the first ``--eval-tokens`` of the
@@ -227,8 +227,14 @@ def _quality(student, ids, parent_logits, batch_size: int) -> dict:
     return {"kl": kl_sum / kl_n, "perplexity": math.exp(nll_sum / nll_n)}
 
 
-def measure(points, parent, loader, settings, ids, batch_size: int, group: int, report=print):
+def measure(
+    points, parent, loader, settings, ids, batch_size: int, group: int, key=None, report=print
+):
     """Latency (grouped with the parent, interleaved) and quality of each distinct choice.
+
+    ``key`` (choices -> predicted latency) orders the students before they are cut into groups,
+    so that points of about the same latency (the comparisons that matter) share a group and
+    its interleaved rounds instead of being compared across groups.
 
     Returns ``{choices: {raw_ms, parent_ms, speedup, kl, perplexity}}``.
     """
@@ -242,6 +248,8 @@ def measure(points, parent, loader, settings, ids, batch_size: int, group: int, 
     backend = get_backend(settings)
     parent_logits = _parent_logits(parent, ids, batch_size)
     distinct = list(dict.fromkeys(c for _, _, c in points if c != (PARENT,) * len(c)))
+    if key is not None:
+        distinct.sort(key=key)
     results: dict = {}
     parent_key = (PARENT,) * parent.num_layers
     results[parent_key] = {**_quality(parent, ids, parent_logits, batch_size), "kl": 0.0}
@@ -333,6 +341,18 @@ def collect_points(store, spec, parent, splits, args, report=print) -> list:
         chosen = random_points(problem, len(front), metric, min(values), max(values), args.seed)
         points += [(lab, "random", c) for lab, c in chosen]
     return points
+
+
+def predicted_latency(store):
+    """choices -> the job's predicted primary cost (the order students are grouped in)."""
+    from nas.pareto import read_meta
+    from nas.selection.costs import SelectionProblem
+
+    metric = read_meta(store.dir).get("primary_metric")
+    problem = SelectionProblem.from_dict(json.loads(store.path("pareto/problem.json").read_text()))
+    if metric not in problem.metrics:
+        return None
+    return lambda choices: problem.costs(problem.indices(choices))[metric]
 
 
 def primary_profile(spec, store, parent):
@@ -439,7 +459,16 @@ def run(args) -> int:
     )
     loader = library_loader(store.path("library"), parent.adapter)
     torch.manual_seed(0)
-    measured = measure(points, parent.adapter, loader, settings, ids, args.batch_size, args.group)
+    measured = measure(
+        points,
+        parent.adapter,
+        loader,
+        settings,
+        ids,
+        args.batch_size,
+        args.group,
+        key=predicted_latency(store),
+    )
     base = measured[(PARENT,) * parent.adapter.num_layers]
     rows = []
     for label, strategy, choices in points:
