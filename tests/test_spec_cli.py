@@ -27,7 +27,9 @@ def test_help_lists_commands():
         assert command in out.stdout
 
 
-@pytest.mark.parametrize("spec", [QUICKSTART_SPEC, TINY_SPEC])
+@pytest.mark.parametrize(
+    "spec", [QUICKSTART_SPEC, TINY_SPEC, QUICKSTART_SPEC.with_name("quality.yaml")]
+)
 def test_shipped_specs_validate(spec):
     need_shared_data()
     out = nas("validate", spec)
