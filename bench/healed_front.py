@@ -9,9 +9,9 @@ tokens with ``--threads`` onnxruntime threads. Quality (KL to the parent, perple
 split) is the job's own measurement (``students/<id>/measured.json``, ``students/parent.json``).
 
     python bench/healed_front.py --job JOB [--results results] [--repeats 20]
-        [--threads 1] [--seq SEQ_LEN]
+        [--threads 1] [--seq SEQ_LEN] [--name healed_front]
 
-Writes results/bench/healed_front.csv and .md. Exit 2 with one line when the job has no
+Writes results/bench/NAME.csv and .md (NAME: ``--name``, default ``healed_front``). Exit 2 with one line when the job has no
 exported students.
 """
 
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seq", type=int, help="prefill tokens (default: the spec's data.seq_len)")
+    ap.add_argument("--name", default="healed_front", help="output table name")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     job = Path(args.results) / args.job
@@ -107,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         f"thread(s), batch 1, {args.seq} tokens, {args.repeats} rotated rounds after 3 warm-ups; "
         "`speed-up` = parent median / student median, `paired` = median of per-round ratios. "
         f"Quality: the job's students stage, on {tokens} eval-split tokens. Wall time {time.perf_counter() - t_start:.0f}s. "
-        f"Command: `python bench/healed_front.py --job {args.job}`."
+        f"Command: `python bench/healed_front.py --job {args.job}"
+        + (f" --name {args.name}" if args.name != "healed_front" else "")
+        + "`."
     )
-    write_table("healed_front", rows, f"Exported students of `{args.job}` vs. the parent", notes)
+    write_table(args.name, rows, f"Exported students of `{args.job}` vs. the parent", notes)
     return 0
 
 
