@@ -257,7 +257,8 @@ def test_problem_from_library_rows():
         context=16,
         bytes_per_value=2,
     )
-    assert problem.metrics == ("decode_latency_ms", "params", "memory_mib")
+    assert problem.metrics == ("decode_latency_ms", "params", "memory_mib", "kv_cache_mib")
+    assert kv_cache_mib(1, 4, 16, 2, 2) == problem.layers[0].attention[1].costs["kv_cache_mib"]
     # layer 1 got its missing ffn:parent, listed first, score 0
     assert problem.layers[1].ffn[0].variant == "ffn:parent" and problem.layers[1].ffn[0].score == 0
     kv1 = problem.layers[0].attention[1]

@@ -1,295 +1,159 @@
-"""The selection problem as plain data: per layer, the attention and FFN options with a score and
-costs; budgets and human targets converted to costs; the typed ``Infeasible`` result.
+"""Budgets and human targets converted to costs, the typed ``Infeasible`` result, and the costs of
+a job's variants (``problem_from_library``). Pure Python over numbers (no torch, no ray).
 
-Everything here is pure Python over numbers (no torch, no ray), so it can be tested, pickled and
-round-tripped through JSON.
+Cost metrics (each pair of a layer carries every metric of its problem, fixed costs add once;
+a block library may add custom metrics by name):
 
-Cost metrics (each option carries every metric of its problem, fixed costs add once):
-
-- ``prefill_latency_ms``: runtime of one prefill at the spec's batch and prompt length (ms).
-- ``decode_latency_ms``: runtime of one decode step at the spec's batch and KV context (ms); one
+- ``prefill_latency_ms``: runtime of one prefill at the profile's batch and prompt length (ms).
+- ``decode_latency_ms``: runtime of one decode step at the profile's batch and KV context (ms); one
   step yields one new token for each of the ``batch`` sequences.
 - ``params``: parameter count.
-- ``memory_mib``: weights plus KV cache at the spec's batch and context, in MiB (2**20 bytes):
-  per attention subblock the cache is ``2 * kv_heads * head_dim * context * batch * bytes``.
+- ``kv_cache_mib``: KV cache at the decode batch x context, in MiB (2**20 bytes): per attention
+  subblock ``2 * kv_heads * head_dim * context * batch * bytes``.
+- ``memory_mib``: weights at the export precision (fp32 4 bytes, fp16/bf16 2, int8/fp8 1) plus
+  the KV cache plus the activations (a fixed cost) at that batch.
 
-Human targets translate to cost budgets (``resolve_target``):
+A target is a set of bounds solved together; each bound is ``metric <= value`` (``max``) or
+``metric >= value`` (``min``) on a cost metric, or a human target (``resolve_target``):
 
-- ``throughput_tps`` (generated tokens/s at the decode batch) -> a decode-step budget
-  ``decode_latency_ms <= 1000 * batch / tps``; a relative value ``r`` means ``r`` times the parent's
-  throughput, i.e. ``decode_latency_ms <= parent_decode_ms / r``.
+- ``decode_throughput_tps`` (alias ``throughput_tps``; generated tokens/s at the profile's decode
+  batch ``B``) ``>= t`` -> ``decode_latency_ms <= 1000 * B * steps / t`` (``steps``: tokens per
+  sequence one measured decode runtime covers, 1 for a per-step profile); a relative value ``r``
+  means ``r`` times the parent's throughput.
+- ``prefill_throughput_tps`` (prompt tokens/s) ``>= t`` -> ``prefill_latency_ms <= 1000 * B * S / t``
+  at the prefill profile's batch ``B`` and prompt length ``S``.
 - ``ttft_ms`` (time to first token) -> ``prefill_latency_ms <= ttft_ms``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nas.selection.errors import InfeasibleBudget, SelectionError
+from nas.selection.problem import (
+    COST_METRICS,
+    KINDS,
+    Block,
+    Choices,
+    Indices,
+    LayerOptions,
+    Option,
+    SelectionProblem,
+    Solution,
+)
 
-COST_METRICS: tuple[str, ...] = ("prefill_latency_ms", "decode_latency_ms", "params", "memory_mib")
 LATENCY_METRICS: tuple[str, ...] = ("prefill_latency_ms", "decode_latency_ms")
-TARGET_METRICS: tuple[str, ...] = (*COST_METRICS, "throughput_tps", "ttft_ms")
-KINDS: tuple[str, str] = ("attention", "ffn")
+# human target -> the cost metric it bounds
+THROUGHPUT_TARGETS: dict[str, str] = {
+    "throughput_tps": "decode_latency_ms",
+    "decode_throughput_tps": "decode_latency_ms",
+    "prefill_throughput_tps": "prefill_latency_ms",
+}
+TARGET_METRICS: tuple[str, ...] = (*COST_METRICS, *THROUGHPUT_TARGETS, "ttft_ms")
 MIB = float(2**20)
+BYTES_PER_VALUE: dict[str, float] = {
+    "fp32": 4.0,
+    "float32": 4.0,
+    "fp16": 2.0,
+    "float16": 2.0,
+    "bf16": 2.0,
+    "bfloat16": 2.0,
+    "int8": 1.0,
+    "fp8": 1.0,
+}
+BOUNDS = ("max", "min")
 
-# indices of the chosen (attention option, FFN option) per layer
-Indices = tuple[tuple[int, int], ...]
-# canonical variant names of the chosen (attention, FFN) per layer
-Choices = tuple[tuple[str, str], ...]
-
-
-def _number(value, what: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise ValueError(f"{what} must be finite, got {value!r}")
-    return out
-
-
-@dataclass(frozen=True)
-class Option:
-    """One variant of one subblock of one layer: its canonical name, score and costs.
-
-    ``score`` is the replace-one-block quality loss (KL from the parent, >= 0; the parent is 0).
-    ``costs`` maps every metric of the problem to this subblock's share (fixed costs excluded).
-    """
-
-    variant: str
-    score: float
-    costs: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.variant, str) or not self.variant:
-            raise ValueError(f"option variant must be a canonical name, got {self.variant!r}")
-        score = _number(self.score, f"score of {self.variant}")
-        if score < 0:
-            raise ValueError(f"score of {self.variant} must be >= 0, got {score}")
-        object.__setattr__(self, "score", score)
-        object.__setattr__(
-            self,
-            "costs",
-            {m: _number(v, f"{m} of {self.variant}") for m, v in dict(self.costs).items()},
-        )
-
-    def to_dict(self) -> dict:
-        return {"variant": self.variant, "score": self.score, "costs": dict(self.costs)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> Option:
-        return cls(data["variant"], data["score"], dict(data["costs"]))
+__all__ = [
+    "COST_METRICS",
+    "KINDS",
+    "Block",
+    "Choices",
+    "Indices",
+    "LayerOptions",
+    "Option",
+    "SelectionProblem",
+    "Solution",
+]
 
 
 @dataclass(frozen=True)
-class LayerOptions:
-    """The attention and FFN options of one layer (each non-empty, names unique per kind)."""
+class Workload:
+    """What one measured runtime covers, to turn throughputs into runtimes: ``batch`` sequences,
+    ``prefill_tokens`` prompt tokens each (prefill), ``decode_steps`` new tokens each (decode)."""
 
-    attention: tuple[Option, ...]
-    ffn: tuple[Option, ...]
+    batch: int = 1
+    prefill_tokens: int = 1
+    decode_steps: int = 1
 
-    def __post_init__(self) -> None:
-        for kind in KINDS:
-            options = tuple(getattr(self, kind))
-            object.__setattr__(self, kind, options)
-            if not options:
-                raise ValueError(f"a layer needs at least one {kind} option")
-            names = [o.variant for o in options]
-            if len(set(names)) != len(names):
-                raise ValueError(f"duplicate {kind} options: {names}")
-
-    def options(self, kind: str) -> tuple[Option, ...]:
-        return self.attention if kind == "attention" else self.ffn
-
-    def to_dict(self) -> dict:
-        return {k: [o.to_dict() for o in self.options(k)] for k in KINDS}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> LayerOptions:
-        return cls(*(tuple(Option.from_dict(o) for o in data[k]) for k in KINDS))
-
-
-@dataclass(frozen=True)
-class SelectionProblem:
-    """Per layer the options to choose from, plus the fixed costs (embeddings, final norm, head).
-
-    Every option carries the same cost metrics (``metrics``); a fixed cost missing for a metric
-    counts as 0. Choosing exactly one attention and one FFN option per layer gives a student whose
-    cost is ``fixed + sum of its options' costs`` and whose predicted quality loss is the sum of
-    its options' scores.
-    """
-
-    layers: tuple[LayerOptions, ...]
-    fixed_costs: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        layers = tuple(self.layers)
-        object.__setattr__(self, "layers", layers)
-        if not layers:
-            raise ValueError("a selection problem needs at least one layer")
-        metrics = set(layers[0].attention[0].costs)
-        for i, layer in enumerate(layers):
-            for kind in KINDS:
-                for option in layer.options(kind):
-                    if set(option.costs) != metrics:
-                        raise ValueError(
-                            f"layer {i} {option.variant} has costs {sorted(option.costs)}, "
-                            f"expected {sorted(metrics)}"
-                        )
-        fixed = {m: _number(v, f"fixed {m}") for m, v in dict(self.fixed_costs).items()}
-        unknown = set(fixed) - metrics
-        if unknown:
-            raise ValueError(f"fixed costs for metrics no option has: {sorted(unknown)}")
-        object.__setattr__(self, "fixed_costs", fixed)
-
-    # --- shape ---------------------------------------------------------------------------------
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """Cost metrics of this problem, in ``COST_METRICS`` order (then any others, sorted)."""
-        have = set(self.layers[0].attention[0].costs)
-        return tuple(m for m in COST_METRICS if m in have) + tuple(sorted(have - set(COST_METRICS)))
-
-    def fixed(self, metric: str) -> float:
-        return self.fixed_costs.get(metric, 0.0)
-
-    def _check_metric(self, metric: str) -> None:
-        if metric not in self.metrics:
-            raise SelectionError(
-                f"no {metric} costs in this problem (it has: {', '.join(self.metrics) or 'none'}); "
-                "profile that phase or pick another target"
-            )
-
-    # --- evaluating a choice -------------------------------------------------------------------
-    def cost(self, indices: Indices, metric: str) -> float:
-        """Total cost of a choice (fixed cost included)."""
-        self._check_metric(metric)
-        total = self.fixed(metric)
-        for layer, (a, f) in zip(self.layers, indices, strict=True):
-            total += layer.attention[a].costs[metric] + layer.ffn[f].costs[metric]
-        return total
-
-    def costs(self, indices: Indices) -> dict[str, float]:
-        return {m: self.cost(indices, m) for m in self.metrics}
-
-    def score(self, indices: Indices) -> float:
-        """Predicted quality loss of a choice: the sum of its options' scores."""
-        return sum(
-            layer.attention[a].score + layer.ffn[f].score
-            for layer, (a, f) in zip(self.layers, indices, strict=True)
-        )
-
-    def min_cost(self, metric: str) -> float:
-        """The exact smallest achievable cost: each subblock at its cheapest option."""
-        self._check_metric(metric)
-        return self.fixed(metric) + sum(
-            min(o.costs[metric] for o in layer.attention) + min(o.costs[metric] for o in layer.ffn)
-            for layer in self.layers
-        )
-
-    # --- names <-> indices ---------------------------------------------------------------------
-    def names(self, indices: Indices) -> Choices:
-        return tuple(
-            (layer.attention[a].variant, layer.ffn[f].variant)
-            for layer, (a, f) in zip(self.layers, indices, strict=True)
-        )
-
-    def indices(self, choices: Sequence[Sequence[str]]) -> Indices:
-        """Inverse of ``names``; raises ``SelectionError`` naming an unknown variant."""
-        if len(choices) != self.num_layers:
-            raise SelectionError(
-                f"a choice needs {self.num_layers} layers, got {len(choices)} entries"
-            )
-        out = []
-        for i, (layer, pair) in enumerate(zip(self.layers, choices, strict=True)):
-            idx = []
-            for kind, name in zip(KINDS, pair, strict=True):
-                names = [o.variant for o in layer.options(kind)]
-                if name not in names:
-                    raise SelectionError(f"layer {i} has no {kind} option {name!r} (has {names})")
-                idx.append(names.index(name))
-            out.append((idx[0], idx[1]))
-        return tuple(out)
-
-    def parent_indices(self) -> Indices:
-        """The all-parent choice (``attention:parent``, ``ffn:parent`` in every layer)."""
-        return self.indices([("attention:parent", "ffn:parent")] * self.num_layers)
-
-    # --- JSON ----------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {
-            "layers": [layer.to_dict() for layer in self.layers],
-            "fixed_costs": dict(self.fixed_costs),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> SelectionProblem:
-        return cls(
-            tuple(LayerOptions.from_dict(layer) for layer in data["layers"]),
-            dict(data.get("fixed_costs", {})),
-        )
-
-
-@dataclass(frozen=True)
-class Solution:
-    """One selected student: its choices, predicted score and costs (fixed costs included).
-
-    ``status`` is ``optimal`` (proven), ``time_limit`` (feasible, stopped by the time limit) or
-    ``heuristic`` (a strategy without an optimality claim, e.g. greedy).
-    """
-
-    indices: Indices
-    choices: Choices
-    score: float
-    costs: dict[str, float]
-    status: str
-    strategy: str
-    solve_s: float = 0.0
-
-    @classmethod
-    def of(
-        cls, problem: SelectionProblem, indices: Indices, status: str, strategy: str, solve_s=0.0
-    ) -> Solution:
-        indices = tuple((int(a), int(f)) for a, f in indices)
-        return cls(
-            indices,
-            problem.names(indices),
-            problem.score(indices),
-            problem.costs(indices),
-            status,
-            strategy,
-            float(solve_s),
-        )
+    def tokens(self, metric: str) -> float:
+        """Tokens one run of ``metric`` (a latency) yields over the whole batch."""
+        per_sequence = self.prefill_tokens if metric == "prefill_latency_ms" else self.decode_steps
+        return float(self.batch * per_sequence)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A cost budget (``problem cost <= value``) and the human target it came from."""
+    """One bound on a cost (``cost <= value`` for ``bound="max"``, ``>=`` for ``"min"``) and the
+    human target it came from (e.g. ``decode_throughput_tps >= 900`` for a decode-step budget)."""
 
     metric: str
     value: float
     target_metric: str
     target_value: float
+    bound: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.bound not in BOUNDS:
+            raise SelectionError(f"a bound is 'max' or 'min', got {self.bound!r}")
+
+    @property
+    def op(self) -> str:
+        """The operator of the human target (a throughput flips the cost bound's)."""
+        flip = self.target_metric in THROUGHPUT_TARGETS
+        return "<=" if (self.bound == "max") != flip else ">="
 
     @property
     def label(self) -> str:
-        op = ">=" if self.target_metric == "throughput_tps" else "<="
-        return f"{self.target_metric}{op}{self.target_value:.6g}"
+        return f"{self.target_metric}{self.op}{self.target_value:.6g}"
+
+    def holds(self, cost: float) -> bool:
+        """True when ``cost`` meets the bound (within ``BUDGET_RTOL``)."""
+        slack = BUDGET_RTOL * max(1.0, abs(self.value))
+        return cost <= self.value + slack if self.bound == "max" else cost >= self.value - slack
+
+
+# a solution may miss a bound by this relative amount (the solver's feasibility tolerance)
+BUDGET_RTOL = 1e-6
+
+
+def parse_bound(text: str) -> tuple[str, str, float]:
+    """``"memory_mib<=80000"`` -> ``("memory_mib", "max", 80000.0)``; ``>=`` gives ``"min"``.
+    Raises ``SelectionError`` (one line) for anything else."""
+    match = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(<=|>=)\s*(\S+)\s*", text)
+    if not match:
+        raise SelectionError(f"a bound reads METRIC<=VALUE or METRIC>=VALUE, got {text!r}")
+    metric, op, value = match.groups()
+    try:
+        number = float(value)
+    except ValueError:
+        raise SelectionError(f"bound {text!r}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise SelectionError(f"bound {text!r}: the value must be finite")
+    return metric, "max" if op == "<=" else "min", number
 
 
 @dataclass(frozen=True)
 class Infeasible:
-    """No choice meets ``metric <= budget``; ``smallest_achievable`` is the exact minimum.
+    """No choice meets a bound; ``smallest_achievable`` is the exact best value of its metric
+    (the smallest for a ``max`` bound, the largest for a ``min`` bound).
 
-    ``given_other_budgets`` is true when the minimum was computed under the other budgets of the
-    same request (each budget alone is feasible, together they are not). ``target`` is the human
-    target the budget came from, if any (e.g. a throughput), to phrase the message in its units.
+    ``given_other_budgets`` is true when that value was computed under the other bounds of the
+    same request (each bound alone is feasible, together they are not: this one binds). ``target``
+    is the bound as requested (e.g. a throughput), to phrase the message in its units;
+    ``workload`` turns a runtime back into a throughput.
     """
 
     metric: str
@@ -298,23 +162,33 @@ class Infeasible:
     given_other_budgets: bool = False
     target: Budget | None = None
     batch: int = 1
+    workload: Workload | None = None
+
+    @property
+    def bound(self) -> str:
+        return self.target.bound if self.target is not None else "max"
 
     def message(self) -> str:
         where = (
-            "under the other budgets"
+            "under the other bounds"
             if self.given_other_budgets
             else "with the cheapest variant in every layer"
+            if self.bound == "max"
+            else "with the largest variant in every layer"
         )
-        if self.target is not None and self.target.target_metric == "throughput_tps":
-            best = 1000.0 * self.batch / self.smallest_achievable
+        target = self.target
+        if target is not None and target.target_metric in THROUGHPUT_TARGETS:
+            workload = self.workload or Workload(self.batch)
+            best = 1000.0 * workload.tokens(target.metric) / self.smallest_achievable
             return (
-                f"infeasible target throughput_tps >= {self.target.target_value:.6g}: the largest "
-                f"achievable is {best:.6g} tokens/s (decode step {self.smallest_achievable:.6g} ms, "
-                f"{where})"
+                f"infeasible target {target.target_metric} >= {target.target_value:.6g}: the "
+                f"largest achievable is {best:.6g} tokens/s ({target.metric} "
+                f"{self.smallest_achievable:.6g} ms, {where})"
             )
-        name = self.target.target_metric if self.target is not None else self.metric
+        name = target.target_metric if target is not None else self.metric
+        op, best = ("<=", "smallest") if self.bound == "max" else (">=", "largest")
         return (
-            f"infeasible budget {name} <= {self.budget:.6g}: the smallest achievable {name} is "
+            f"infeasible bound {name} {op} {self.budget:.6g}: the {best} achievable {name} is "
             f"{self.smallest_achievable:.6g} ({where})"
         )
 
@@ -323,34 +197,55 @@ class Infeasible:
 
 
 def resolve_target(
-    problem: SelectionProblem, metric: str, value: float, relative: bool, batch: int = 1
+    problem: SelectionProblem,
+    metric: str,
+    value: float,
+    relative: bool,
+    batch: int = 1,
+    bound: str | None = None,
+    workload: Workload | None = None,
 ) -> Budget:
-    """Turn a spec target value into a cost budget (see the module docstring for conventions).
+    """Turn a target bound into a cost budget (see the module docstring for conventions).
 
-    Relative values are ratios of the all-parent choice's cost (for ``throughput_tps``: of the
-    parent's throughput). Raises ``SelectionError`` for an unknown metric or a non-positive value.
+    ``metric``: a cost metric of the problem (custom ones by name) or a human target
+    (``TARGET_METRICS``). ``bound``: ``max`` or ``min``; default ``min`` for throughputs, ``max``
+    otherwise. Relative values are ratios of the parent choice's cost (for throughputs: of the
+    parent's throughput). ``workload`` (default: ``batch`` sequences, one token each) converts
+    throughputs. Raises ``SelectionError`` for an unknown metric or a non-positive throughput.
     """
-    if metric not in TARGET_METRICS:
+    workload = workload or Workload(batch)
+    if workload.batch < 1:
+        raise SelectionError(f"batch must be >= 1, got {workload.batch}")
+    human = metric in THROUGHPUT_TARGETS or metric == "ttft_ms"
+    if not human and metric not in problem.metrics:
+        known = [*problem.metrics, *THROUGHPUT_TARGETS, "ttft_ms"]
         raise SelectionError(
-            f"unknown target metric {metric!r}; known: {', '.join(TARGET_METRICS)}"
+            f"unknown target metric {metric!r}; this problem has: {', '.join(known)}"
         )
-    if not value > 0:
-        raise SelectionError(f"target {metric} must be positive, got {value}")
-    if batch < 1:
-        raise SelectionError(f"batch must be >= 1, got {batch}")
-    if metric == "throughput_tps":
-        parent = problem.cost(problem.parent_indices(), "decode_latency_ms")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SelectionError(f"target {metric} must be finite, got {value}")
+    if metric in THROUGHPUT_TARGETS:
+        bound = bound or "min"
+        cost_metric = THROUGHPUT_TARGETS[metric]
+        problem._check_metric(cost_metric)
+        if not value > 0:
+            raise SelectionError(f"target {metric} must be positive, got {value}")
+        tokens = 1000.0 * workload.tokens(cost_metric)
+        flipped = "max" if bound == "min" else "min"
         if relative:
-            return Budget(
-                "decode_latency_ms", parent / value, metric, value * 1000.0 * batch / parent
-            )
-        return Budget("decode_latency_ms", 1000.0 * batch / value, metric, value)
+            parent = problem.cost(problem.parent_indices(), cost_metric)
+            return Budget(cost_metric, parent / value, metric, value * tokens / parent, flipped)
+        return Budget(cost_metric, tokens / value, metric, value, flipped)
+    bound = bound or "max"
     cost_metric = "prefill_latency_ms" if metric == "ttft_ms" else metric
-    if relative:
-        absolute = value * problem.cost(problem.parent_indices(), cost_metric)
-        return Budget(cost_metric, absolute, metric, absolute)
     problem._check_metric(cost_metric)
-    return Budget(cost_metric, float(value), metric, float(value))
+    if relative:
+        if not value > 0:
+            raise SelectionError(f"relative target {metric} must be positive, got {value}")
+        absolute = value * problem.cost(problem.parent_indices(), cost_metric)
+        return Budget(cost_metric, absolute, metric, absolute, bound)
+    return Budget(cost_metric, value, metric, value, bound)
 
 
 # --- costs of variants for a model shape (pure arithmetic) -------------------------------------
@@ -385,6 +280,9 @@ def problem_from_library(
     batch: int = 1,
     context: int = 1,
     bytes_per_value: float = 4.0,
+    weight_bytes: float | None = None,
+    activations_mib: float = 0.0,
+    joint_scores: Mapping[tuple[int, str, str], float] | None = None,
 ) -> SelectionProblem:
     """Build a problem from library rows (a DataFrame or dicts with ``layer``, ``kind``,
     ``variant``, ``params`` and ``score_column``) and a latency lookup (see ``profile_latency``).
@@ -393,10 +291,15 @@ def problem_from_library(
     A missing ``*:parent`` row is added with score 0 and the parent's parameters taken from the
     row of a layer that has it (or raises). KV heads come from the canonical name
     (``attention:kv_heads=N``; parent -> ``parent_kv_heads``; linear and noop keep no cache).
-    ``memory_mib`` = weights + KV cache at ``batch`` x ``context``; the fixed cost counts the
-    embeddings, the head (unless tied) and the final norm. Raises ``SelectionError`` for a row
-    without a score or a latency.
+    ``kv_cache_mib``: the KV cache at ``batch`` x ``context`` in ``bytes_per_value``;
+    ``memory_mib`` = weights in ``weight_bytes`` (default ``bytes_per_value``; 1 for int8/fp8
+    export) + KV cache + ``activations_mib`` (a fixed cost); the fixed cost also counts the
+    embeddings, the head (unless tied) and the final norm. ``joint_scores`` (``{(layer, attention,
+    ffn): score}``, from ``scoring.blocks: joint``) makes each layer it covers a joint layer whose
+    blocks are the scored pairs plus the parent pair (score 0); block costs are the subblocks'
+    sums. Raises ``SelectionError`` for a row without a score or a latency.
     """
+    weight_bytes = bytes_per_value if weight_bytes is None else weight_bytes
     if hasattr(rows, "to_dict"):  # a pandas DataFrame such as nas.library.library_frame(...)
         rows = rows.to_dict("records")
     by_layer: dict[int, dict[str, dict[str, Option]]] = {
@@ -422,10 +325,11 @@ def problem_from_library(
         score = float(score)
         if -1e-6 < score < 0:  # numerical noise around the parent's zero
             score = 0.0
+        kv = kv_cache_mib(kv_heads(variant), head_dim, context, batch, bytes_per_value)
         costs = {
             "params": float(params),
-            "memory_mib": weights_mib(params, bytes_per_value)
-            + kv_cache_mib(kv_heads(variant), head_dim, context, batch, bytes_per_value),
+            "kv_cache_mib": kv,
+            "memory_mib": weights_mib(params, weight_bytes) + kv,
         }
         for metric in latency_metrics:
             if latency is None:
@@ -455,16 +359,17 @@ def problem_from_library(
                 if kind not in parent_params:
                     raise SelectionError(f"the library has no {name} row to take its size from")
                 by_layer[i][kind][name] = option(i, kind, name, parent_params[kind], 0.0)
-        layers.append(
-            LayerOptions(
-                *(tuple(sorted(by_layer[i][k].values(), key=_parent_first)) for k in KINDS)
-            )
+        layer = LayerOptions(
+            *(tuple(sorted(by_layer[i][k].values(), key=_parent_first)) for k in KINDS)
         )
+        pairs = {(a, f): s for (j, a, f), s in (joint_scores or {}).items() if j == i}
+        layers.append(_joint_layer(layer, pairs, i) if pairs else layer)
     embed = vocab_size * hidden_size
     fixed_params = embed * (1 if tied_embeddings else 2) + hidden_size
     fixed = {
         "params": float(fixed_params),
-        "memory_mib": weights_mib(fixed_params, bytes_per_value),
+        "kv_cache_mib": 0.0,
+        "memory_mib": weights_mib(fixed_params, weight_bytes) + float(activations_mib),
     }
     for metric in latency_metrics:
         fixed[metric] = float(fixed_latency.get(metric, 0.0))
@@ -483,6 +388,31 @@ def profile_latency(profiles: Mapping[str, object]) -> tuple[LatencyLookup, dict
         return float(profiles[metric].entry(layer, variant))
 
     return lookup, {m: float(p.fixed_ms) for m, p in profiles.items()}
+
+
+def _joint_layer(layer: LayerOptions, scores: Mapping[tuple[str, str], float], i: int):
+    """The joint layer of the scored pairs (plus the parent pair, score 0) of an additive one."""
+    names = {k: [o.variant for o in layer.options(k)] for k in KINDS}
+    scores = {("attention:parent", "ffn:parent"): 0.0, **scores}
+    blocks = []
+    for (a, f), score in scores.items():
+        if a not in names["attention"] or f not in names["ffn"]:
+            raise SelectionError(f"layer {i}: joint score for unknown pair {a} + {f}")
+        ia, jf = names["attention"].index(a), names["ffn"].index(f)
+        costs = {m: layer.pair_cost(ia, jf, m) for m in layer.metrics}
+        blocks.append(Block(ia, jf, float(score), costs))
+    blocks.sort(key=lambda b: (b.attention, b.ffn))
+    return LayerOptions(layer.attention, layer.ffn, tuple(blocks))
+
+
+def activations_mib(
+    batch: int, tokens: int, hidden: int, intermediate: int, vocab: int, bytes_per_value: float
+) -> float:
+    """Peak live activations of one forward of ``batch`` x ``tokens`` (an estimate): the residual
+    stream and a subblock's input and output (4 x hidden), the FFN's gate and up projections
+    (2 x intermediate) and the logits (vocab), per token."""
+    per_token = 4 * hidden + 2 * intermediate + vocab
+    return batch * tokens * per_token * bytes_per_value / MIB
 
 
 def _parent_first(option: Option) -> tuple[bool, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from nas.selection.costs import KINDS, Budget, Infeasible, SelectionProblem, Solution
+from nas.selection.costs import Budget, Infeasible, SelectionProblem, Solution
 from nas.selection.errors import SelectionError
 from nas.selection.mip import _fits, as_budgets
 
@@ -26,62 +26,65 @@ def solve_greedy(
     *,
     batch: int = 1,
 ) -> tuple[Solution, ...] | Infeasible:
-    """One greedy choice within the budgets (status ``heuristic``), or ``Infeasible`` when a budget
-    is below its smallest achievable value. Raises ``SelectionError`` if the greedy walk gets stuck
-    under several interacting budgets that the MIP might still meet."""
+    """One greedy choice within the max bounds (status ``heuristic``), or ``Infeasible`` when a
+    bound is below its smallest achievable value. A move changes one subblock of an additive
+    layer, or the block of a joint layer. Raises ``SelectionError`` for min bounds (use the MIP)
+    or if the greedy walk gets stuck under several interacting bounds that the MIP might meet."""
     budgets = as_budgets(budgets)
+    if any(b.bound != "max" for b in budgets):
+        raise SelectionError("the greedy baseline takes max bounds only; use puzzle-mip")
     for budget in budgets:
         smallest = problem.min_cost(budget.metric)
         if not _fits(smallest, budget.value):
             return Infeasible(budget.metric, budget.value, smallest, False, budget, batch)
     t0 = time.perf_counter()
-    current = [list(pair) for pair in problem.parent_indices()]
-    totals = {b.metric: problem.cost(_freeze(current), b.metric) for b in budgets}
+    current = list(problem.parent_indices())
+    totals = {b.metric: problem.cost(tuple(current), b.metric) for b in budgets}
     limit = {b.metric: b.value for b in budgets}
+    moves = [_moves(layer) for layer in problem.layers]
     max_steps = 4 * sum(len(layer.attention) + len(layer.ffn) for layer in problem.layers)
     for _ in range(max_steps):
         excess = {m: totals[m] - limit[m] for m in limit if not _fits(totals[m], limit[m])}
         if not excess:
             break
-        best = None  # (price per usefulness, -usefulness, layer, kind index, option index)
+        best = None  # (price per usefulness, -usefulness, layer, new pair)
         for i, layer in enumerate(problem.layers):
-            for k, kind in enumerate(KINDS):
-                options = layer.options(kind)
-                now = options[current[i][k]]
-                for j, option in enumerate(options):
-                    if j == current[i][k]:
-                        continue
-                    saved = {m: now.costs[m] - option.costs[m] for m in limit}
-                    if any(
-                        m not in excess and not _fits(totals[m] - saved[m], limit[m]) for m in limit
-                    ):
-                        continue
-                    useful = sum(min(saved[m], excess[m]) / excess[m] for m in excess)
-                    if useful <= 0:
-                        continue
-                    key = ((option.score - now.score) / useful, -useful, i, k, j)
-                    if best is None or key < best:
-                        best = key
+            now = current[i]
+            for pair in moves[i].get(now, ()):
+                saved = {m: layer.pair_cost(*now, m) - layer.pair_cost(*pair, m) for m in limit}
+                if any(
+                    m not in excess and not _fits(totals[m] - saved[m], limit[m]) for m in limit
+                ):
+                    continue
+                useful = sum(min(saved[m], excess[m]) / excess[m] for m in excess)
+                if useful <= 0:
+                    continue
+                price = layer.pair_score(*pair) - layer.pair_score(*now)
+                key = (price / useful, -useful, i, pair)
+                if best is None or key < best:
+                    best = key
         if best is None:
             raise SelectionError(
                 "greedy selection got stuck between budgets "
                 f"{', '.join(b.label for b in budgets)}; use the puzzle-mip strategy"
             )
-        _, _, i, k, j = best
-        old = problem.layers[i].options(KINDS[k])[current[i][k]]
-        new = problem.layers[i].options(KINDS[k])[j]
+        _, _, i, pair = best
+        layer = problem.layers[i]
         for m in totals:
-            totals[m] += new.costs[m] - old.costs[m]
-        current[i][k] = j
+            totals[m] += layer.pair_cost(*pair, m) - layer.pair_cost(*current[i], m)
+        current[i] = pair
     else:
         raise SelectionError(
             f"greedy selection did not meet {', '.join(b.label for b in budgets)} in {max_steps} "
             "steps; use the puzzle-mip strategy"
         )
-    return (
-        Solution.of(problem, _freeze(current), "heuristic", STRATEGY, time.perf_counter() - t0),
-    )
+    return (Solution.of(problem, tuple(current), "heuristic", STRATEGY, time.perf_counter() - t0),)
 
 
-def _freeze(current: list[list[int]]) -> tuple[tuple[int, int], ...]:
-    return tuple((a, f) for a, f in current)
+def _moves(layer) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Per allowed pair, the pairs one move away: any other block of a joint layer; in an
+    additive layer, the pairs that change exactly one subblock."""
+    pairs = layer.pairs()
+    if layer.is_joint:
+        return {p: [q for q in pairs if q != p] for p in pairs}
+    return {p: [q for q in pairs if (q[0] == p[0]) != (q[1] == p[1])] for p in pairs}

@@ -12,6 +12,7 @@ import math
 import random
 
 from nas.selection.costs import (
+    Block,
     LayerOptions,
     Option,
     SelectionProblem,
@@ -209,3 +210,57 @@ def random_problem(
         layers.append(LayerOptions(*kinds))
     fixed = {m: rng.uniform(0.0, 3.0) for m in metrics}
     return SelectionProblem(tuple(layers), fixed)
+
+
+def joint_problem(
+    num_layers: int = 80,
+    *,
+    attention: tuple[str, ...] = ("parent", "noop"),
+    seed: int = 0,
+    **shape,
+) -> tuple[SelectionProblem, SelectionProblem]:
+    """A joint-block library whose joint scores are not additive, and its additive twin.
+
+    Costs and subblock scores are ``llama_problem``'s (same arguments; default 80 layers x
+    2 attention x 8 FFN = 16 joint blocks per layer). The joint score of block (a, f) is
+    ``(score_a + score_f) * m`` with a per-block interaction factor ``m``:
+
+    - whole-block no-op (attention and FFN both skipped, or attention skipped with FFN ``linear``
+      whose output then only depends on the residual): ``m`` log-normal around 0.77 (sigma 0.35),
+      clipped to [0.09, 1.10], as replace-one-block KL of real libraries tends to be: skipping a
+      whole block hurts less than skipping its two halves one at a time;
+    - attention skipped with a reduced FFN of width ratio ``r``: ``m`` moves from 1 towards the
+      layer's no-op factor in proportion to ``1 - r`` (the less FFN is left, the stronger the
+      interaction);
+    - every other pair: ``m = exp(N(0, 0.05))`` (nearly additive).
+
+    Returns ``(joint, additive)``: the same options and costs; ``joint`` lists every pair as a
+    block with its joint score, ``additive`` scores pairs by the sums (what subblock scoring
+    predicts). Deterministic in ``seed``.
+    """
+    additive = llama_problem(num_layers, attention=attention, seed=seed, **shape)
+    rng = random.Random(seed + 7919)
+    layers = []
+    for layer in additive.layers:
+        noop_factor = min(1.10, max(0.09, 0.77 * math.exp(rng.gauss(0.0, 0.35))))
+        parent_width = float(shape.get("intermediate", 28672))
+        blocks = []
+        for a, f in layer.pairs():
+            attn, ffn = layer.attention[a].variant, layer.ffn[f].variant
+            if attn == "attention:noop" and ffn in ("ffn:noop", "ffn:linear"):
+                factor = noop_factor
+            elif attn == "attention:noop" and ffn != "ffn:parent":
+                removed = 1.0 - _width(ffn) / parent_width
+                factor = 1.0 - (1.0 - noop_factor) * removed
+            else:
+                factor = math.exp(rng.gauss(0.0, 0.05))
+            score = layer.pair_score(a, f) * factor
+            costs = {m: layer.pair_cost(a, f, m) for m in layer.metrics}
+            blocks.append(Block(a, f, score, costs))
+        layers.append(LayerOptions(layer.attention, layer.ffn, tuple(blocks)))
+    return SelectionProblem(tuple(layers), dict(additive.fixed_costs)), additive
+
+
+def _width(variant: str) -> float:
+    """FFN width of ``ffn:width=N``."""
+    return float(variant.split("=", 1)[1])
