@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -223,16 +224,35 @@ def score_replacement(
 
     The parent ``adapter`` is edited in place for the duration of the call and always restored.
     """
+    return score_block(adapter, cache, layer, {kind: module}, batch_size)
+
+
+def score_block(
+    adapter: BlockModel,
+    cache: ActivationCache,
+    layer: int,
+    modules: Mapping[str, nn.Module],
+    batch_size: int = 8,
+) -> ReplaceScores:
+    """Replace-one-block scores with the subblocks ``modules`` (kind -> module) of layer ``layer``
+    replaced together: ``{"attention": a, "ffn": f}`` scores the joint block (a, f).
+
+    The parent ``adapter`` is edited in place for the duration of the call and always restored.
+    """
     if not 0 <= layer < adapter.num_layers:
         raise ValueError(f"layer {layer} out of range 0..{adapter.num_layers - 1}")
-    was_training = module.training
-    module.eval()
-    old = adapter.replace(layer, kind, module)
+    old: dict[str, nn.Module] = {}
+    modes = {kind: module.training for kind, module in modules.items()}
     try:
+        for kind, module in modules.items():
+            module.eval()
+            old[kind] = adapter.replace(layer, kind, module)
         return score_from_layer(adapter, cache, layer, batch_size)
     finally:
-        adapter.replace(layer, kind, old)
-        module.train(was_training)
+        for kind, module in old.items():
+            adapter.replace(layer, kind, module)
+        for kind, module in modules.items():
+            module.train(modes[kind])
 
 
 def parent_scores(

@@ -183,3 +183,72 @@ def validate_profile(path: str | Path, students: int = 8, seed: int = 0, report=
     from compress.profile_cli import validate_profile_file
 
     return validate_profile_file(path, students, seed, report)
+
+
+def select_library(
+    library: str | Path,
+    budgets: list[str] = (),
+    sweep: str | None = None,
+    *,
+    relative: bool = False,
+    score: str = "kl",
+    blocks: str = "auto",
+    solutions: int = 1,
+    diversity: int = 1,
+    solver: str = "highs",
+    time_limit_s: float = 10.0,
+    batch: int = 1,
+    prefill_tokens: int = 1,
+    decode_steps: int = 1,
+    fix: list[str] = (),
+    forbid: list[str] = (),
+):
+    """The Pareto front of a block library file (CSV, JSON or Parquet; format in
+    ``nas.selection.block_library``) under bounds, with no model and no torch.
+
+    ``budgets``: bounds held together in every solve (``"memory_mib<=80000"``, ``>=`` for a
+    lower bound); ``sweep``: one more bound swept over values (``"decode_latency_ms<=40,50,60"``);
+    values are ratios of the parent's with ``relative``. ``fix`` / ``forbid``: ``LAYER/VARIANT``
+    (``forbid`` also takes a bare ``VARIANT`` for every layer). ``batch``, ``prefill_tokens``
+    (per prefill run, all sequences) and ``decode_steps`` (tokens per sequence one decode runtime
+    covers) convert throughputs. Returns a ``FrontResult`` (``.front``, ``.meta``). Raises
+    ``SelectionError`` (one line) for a bad file or bound, ``InfeasibleBudget`` naming the
+    binding bound and its best achievable value when nothing fits.
+    """
+    from nas.pareto import Bound, Target, select_front
+    from nas.selection.block_library import read_library
+    from nas.selection.costs import Workload, parse_bound
+    from nas.selection.errors import SelectionError
+    from nas.selection_stage import _forbidden
+
+    problem = read_library(library, score=score, blocks=blocks)
+    fixed: dict[int, list[str]] = {}
+    for text in fix:
+        layer, variant = _forbidden(text)
+        if layer is None:
+            raise SelectionError(f"--fix takes LAYER/VARIANT, got {text!r}")
+        fixed.setdefault(layer, []).append(variant)
+    problem = problem.restrict(fixed, [_forbidden(f) for f in forbid])
+    held = tuple(Bound.parse(b, relative) for b in budgets)
+    if sweep is not None:
+        metric, bound, _ = parse_bound(sweep.split(",")[0])
+        try:
+            values = [float(v) for v in sweep.split("=", 1)[1].split(",")]
+        except ValueError:
+            raise SelectionError(f"--sweep reads METRIC<=V1,V2,..., got {sweep!r}") from None
+        target = Target(metric, tuple(values), relative, held, bound)
+    elif held:
+        target = Target(bounds=held)
+    else:
+        raise SelectionError("give at least one --budget METRIC<=VALUE or a --sweep")
+    return select_front(
+        problem,
+        [target],
+        baselines=(),
+        solutions_per_budget=solutions,
+        diversity_layers=diversity,
+        time_limit_s=time_limit_s,
+        solver=solver,
+        workload=Workload(batch, prefill_tokens, decode_steps),
+        on_infeasible="record",
+    )

@@ -241,6 +241,66 @@ def pareto(
         err_console.print(f"wrote {plot}", markup=False, highlight=False)
 
 
+@app.command("select")
+def select_cmd(
+    library: Path = typer.Argument(..., help="block library (.csv, .json or .parquet)"),
+    budget: list[str] | None = typer.Option(
+        None, "--budget", help="bound held in every solve, e.g. memory_mib<=80000 (repeatable)"
+    ),
+    sweep: str | None = typer.Option(
+        None, "--sweep", help="one bound over values, e.g. decode_latency_ms<=40,50,60"
+    ),
+    relative: bool = typer.Option(False, "--relative", help="values are ratios of the parent"),
+    score: str = typer.Option("kl", "--score", help="score column to minimise"),
+    blocks: str = typer.Option("auto", "--blocks", help="auto | joint | subblock"),
+    solutions: int = typer.Option(1, "--solutions", help="diverse solutions per request"),
+    diversity: int = typer.Option(1, "--diversity", help="layers each solution must change"),
+    solver: str = typer.Option("highs", "--solver", help="highs | cbc"),
+    batch: int = typer.Option(1, "--batch", help="decode batch (throughput bounds)"),
+    prefill_tokens: int = typer.Option(1, "--prefill-tokens", help="tokens per prefill run"),
+    decode_steps: int = typer.Option(1, "--decode-steps", help="tokens per decode runtime"),
+    fix: list[str] | None = typer.Option(None, "--fix", help="LAYER/VARIANT (repeatable)"),
+    forbid: list[str] | None = typer.Option(None, "--forbid", help="[LAYER/]VARIANT"),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+    out: Path | None = typer.Option(None, "--out", help="write the front here (.csv or .json)"),
+) -> None:
+    """Select students from a block library file under bounds (no model, no torch)."""
+    from nas import api
+    from nas.pareto import front_csv, front_json
+
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format must be table, csv or json, got {fmt!r}")
+    result = api.select_library(
+        library,
+        budget or [],
+        sweep,
+        relative=relative,
+        score=score,
+        blocks=blocks,
+        solutions=solutions,
+        diversity=diversity,
+        solver=solver,
+        batch=batch,
+        prefill_tokens=prefill_tokens,
+        decode_steps=decode_steps,
+        fix=fix or [],
+        forbid=forbid or [],
+    )
+    frame = result.front
+    for line in result.meta.get("infeasible", []):
+        err_console.print(line, markup=False, highlight=False)
+    if out is not None:
+        text = front_json(frame) + "\n" if out.suffix == ".json" else front_csv(frame)
+        out.write_text(text)
+        err_console.print(f"wrote {out}", markup=False, highlight=False)
+    if fmt == "csv":
+        sys.stdout.write(front_csv(frame))
+    elif fmt == "json":
+        sys.stdout.write(front_json(frame) + "\n")
+    else:
+        _print_front(str(library), frame)
+
+
 @app.command("profile")
 def profile_cmd(
     model: str | None = typer.Option(None, "--model", help="HF folder, .gguf or smollm2-135m"),

@@ -87,3 +87,28 @@ def _scores(job_dir: Path) -> dict:
     if not path.is_file():
         return {}
     return {(r["layer"], r["variant"]): r for r in json.loads(path.read_text())}
+
+
+def joint_scores(
+    job_dir: str | os.PathLike, column: str = "kl"
+) -> dict[tuple[int, str, str], float]:
+    """``{(layer, attention, ffn): score}`` of every scored joint block of a job
+    (``scoring.blocks: joint``), plus the pairs with one parent half, which score as the other
+    half alone (from ``scores/scores.json``). Empty when the job scored no joint blocks."""
+    from nas.scoring_stage import read_joint_scores
+
+    job_dir = Path(job_dir)
+    joint = read_joint_scores(job_dir)
+    if not joint:
+        return {}
+    out = {(r["layer"], r["attention"], r["ffn"]): float(r[column]) for r in joint}
+    for (layer, variant), record in _scores(job_dir).items():
+        if variant.endswith(":parent") or record.get(column) is None:
+            continue
+        pair = (
+            (variant, "ffn:parent")
+            if record["kind"] == "attention"
+            else ("attention:parent", variant)
+        )
+        out[(layer, *pair)] = float(record[column])
+    return out

@@ -39,29 +39,18 @@ from nas.selection.costs import (
     Choices,
     Infeasible,
     SelectionProblem,
-    resolve_target,
+    Workload,
 )
 from nas.selection.errors import FrontMissing, NoPointFits, SelectionError
 from nas.selection.greedy import solve_greedy
-from nas.selection.mip import solve_mip
+from nas.selection.mip import DEFAULT_SOLVER, solve_mip
+from nas.selection.targets import Bound, Target, request_label
+
+__all__ = ["Bound", "CandidatePoint", "FrontResult", "Target", "select_front", "write_front"]
 
 FRONT_DIR = "pareto"
 MEASURED_COLUMNS = ("measured_latency_ms", "measured_kl", "measured_lm_loss", "measured_perplexity")
 STRATEGIES_WITH_BUDGETS = ("puzzle-mip", "greedy")
-
-
-@dataclass(frozen=True)
-class Target:
-    """One budget sweep, as in the spec's ``targets``: values absolute or ratios of the parent."""
-
-    metric: str
-    values: tuple[float, ...]
-    relative: bool = True
-
-    @classmethod
-    def of(cls, section) -> Target:
-        """From a spec's ``TargetSection`` (anything with ``metric``, ``values``, ``relative``)."""
-        return cls(section.metric, tuple(float(v) for v in section.values), bool(section.relative))
 
 
 @dataclass(frozen=True)
@@ -109,13 +98,18 @@ def select_front(
     time_limit_s: float = 10.0,
     batch: int = 1,
     on_infeasible: str = "raise",
+    solver: str = DEFAULT_SOLVER,
+    aggregate: bool = False,
+    workload: Workload | None = None,
 ) -> FrontResult:
     """Sweep every target value with the budgeted strategies, add the other strategies' points,
     drop dominated points, and return the front (the selection stage's whole job, pure).
 
-    Inputs: ``problem`` (scores and costs per option); ``targets`` (each value becomes a budget via
-    ``resolve_target``; ``batch`` is the decode batch for throughput targets); ``strategies_points``
-    (points of ``amoeba-dp`` / ``diswot-evolution``, costed here from their choices);
+    Inputs: ``problem`` (scores and costs per option); ``targets`` (each swept value together with
+    the target's fixed bounds is one request, all its bounds solved together; ``workload``, default
+    ``batch`` sequences of one token, converts throughputs); ``strategies_points``
+    (points of ``amoeba-dp`` / ``diswot-evolution``, costed here from their choices; points the
+    problem does not allow, e.g. after ``restrict``, are left out);
     ``strategies``: which budgeted strategies to run per value (``puzzle-mip``, ``greedy``);
     ``baselines``: budgeted strategies run per value whose points go to ``baselines`` instead.
 
@@ -144,9 +138,9 @@ def select_front(
     unknown -= set(STRATEGIES_WITH_BUDGETS)
     if unknown:
         raise SelectionError(f"unknown budgeted strategies {sorted(unknown)}")
-    budgets = [
-        resolve_target(problem, t.metric, v, t.relative, batch) for t in targets for v in t.values
-    ]
+    workload = workload or Workload(batch)
+    requests = [r for t in targets for r in t.requests(problem, workload)]
+    budgets = [b for r in requests for b in r]
     metrics = []
     for b in budgets:
         if b.metric not in metrics:
@@ -154,17 +148,20 @@ def select_front(
     if not metrics:
         metrics = [next((m for m in LATENCY_METRICS if m in problem.metrics), problem.metrics[0])]
     rows, baseline_rows, alternate_rows, infeasible = [], [], [], []
-    for budget in budgets:
+    options = {
+        "solutions": solutions_per_budget,
+        "diversity_layers": diversity_layers,
+        "time_limit_s": time_limit_s,
+        "solver": solver,
+        "aggregate": aggregate,
+        "workload": workload,
+    }
+    for request in requests:
+        label = request_label(request)
         for strategy in (*strategies, *baselines):
-            result = _solve(
-                problem,
-                budget,
-                strategy,
-                solutions_per_budget,
-                diversity_layers,
-                time_limit_s,
-                batch,
-            )
+            if strategy == "greedy" and any(b.bound == "min" for b in request):
+                continue  # the greedy walk only lowers costs
+            result = _solve(problem, request, strategy, options)
             if isinstance(result, Infeasible):
                 if on_infeasible == "raise":
                     raise result.error()
@@ -174,18 +171,16 @@ def select_front(
             target_rows = baseline_rows if strategy in baselines else rows
             for solution in result:
                 row = _row(
-                    problem,
-                    solution.choices,
-                    strategy,
-                    budget.label,
-                    solution.status,
-                    solution.score,
+                    problem, solution.choices, strategy, label, solution.status, solution.score
                 )
                 target_rows.append(row)
                 if strategy not in baselines and solutions_per_budget > 1:
                     alternate_rows.append(dict(row))
     for point in strategies_points:
-        indices = problem.indices(point.choices)
+        try:
+            indices = problem.indices(point.choices)
+        except SelectionError:  # a choice the rules (fix / forbid) or the blocks exclude
+            continue
         kl = problem.score(indices) if point.predicted_kl is None else float(point.predicted_kl)
         rows.append(
             _row(problem, problem.names(indices), point.strategy, point.target, "heuristic", kl)
@@ -207,12 +202,15 @@ def select_front(
         "parent": {cost_column(m): v for m, v in problem.costs(parent).items()}
         | {"predicted_kl": 0.0},
         "smallest": {cost_column(m): problem.min_cost(m) for m in problem.metrics},
-        "targets": [b.label for b in budgets],
-        "budgets": [{"metric": b.metric, "value": b.value, "label": b.label} for b in budgets],
+        "targets": [request_label(r) for r in requests],
+        "budgets": [
+            {"metric": b.metric, "value": b.value, "bound": b.bound, "label": b.label}
+            for b in budgets
+        ],
         "infeasible": infeasible,
         "candidates": candidates,
         "points": len(front),
-        "batch": batch,
+        "batch": workload.batch,
     }
     columns = _columns(problem)
     front_frame = pd.DataFrame(front, columns=columns).sort_values(
@@ -224,21 +222,15 @@ def select_front(
     return FrontResult(front_frame, base_frame, meta, alternates)
 
 
-def _solve(problem, budget: Budget, strategy, solutions, diversity, time_limit_s, batch):
+def _solve(problem, request: list[Budget], strategy: str, options: dict):
     if strategy == "greedy":
-        return solve_greedy(problem, [budget], batch=batch)
-    return solve_mip(
-        problem,
-        [budget],
-        solutions=solutions,
-        diversity_layers=diversity,
-        time_limit_s=time_limit_s,
-        batch=batch,
-    )
+        return solve_greedy(problem, request, batch=options["workload"].batch)
+    return solve_mip(problem, request, **options)
 
 
 def _columns(problem: SelectionProblem) -> list[str]:
     latency = [cost_column(m) for m in LATENCY_METRICS if m in problem.metrics]
+    others = [m for m in problem.metrics if m not in LATENCY_METRICS and m != "params"]
     return [
         "point_id",
         "strategy",
@@ -247,7 +239,7 @@ def _columns(problem: SelectionProblem) -> list[str]:
         "choices",
         *latency,
         "params",
-        "memory_mib",
+        *(others if "memory_mib" in others else ["memory_mib", *others]),
         "predicted_kl",
         *MEASURED_COLUMNS,
     ]

@@ -7,6 +7,10 @@ For every layer, the variants to score are the library's trained variants plus t
 variants without a file. The parent's activations on the eval split are computed once into
 ``results/<job>/scoring/cache`` (memory-mapped ``.npy``, see ``compress.scoring``) and every
 task starts its forward passes at the replaced layer from there. One Ray task per layer.
+
+With ``scoring.blocks: joint`` every pair of a non-parent attention variant and a non-parent FFN
+variant of a layer is also scored with both replaced together (a pair with a parent half scores
+exactly as its other half alone), into ``scores/joint/L{layer:03d}__{attention}+{ffn}.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from nas.store import JobStore
 SCORES_DIR = "scores"
 CACHE_DIR = ("scoring", "cache")
 SCORE_COLUMNS = ("kl", "lm_loss", "top1")
+JOINT_DIR = "joint"
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,38 @@ class ScoringResult:
     wall_s: float
 
 
-def score_file_name(layer: int, spec: VariantSpec) -> str:
-    """``L003__ffn__width=86.json``: the library's file stem for the variant, as JSON."""
+def score_file_name(layer: int, spec: VariantSpec | str) -> str:
+    """``L003__ffn__width=86.json``: the library's file stem for the variant, as JSON; for a
+    joint pair ``attention:noop+ffn:noop``: ``joint/L003__attention__noop+ffn__noop.json``."""
     from compress.library import variant_stem
 
-    return variant_stem(layer, spec) + ".json"
+    text = str(spec)
+    if "+" in text:
+        attention, ffn = text.split("+")
+        stem = variant_stem(layer, VariantSpec.parse(attention))
+        return f"{JOINT_DIR}/{stem}+{ffn.replace(':', '__')}.json"
+    return variant_stem(layer, VariantSpec.parse(text)) + ".json"
+
+
+def joint_pairs(pairs: list[tuple[int, VariantSpec]]) -> list[tuple[int, str]]:
+    """Per layer, ``attention+ffn`` for every non-parent attention and non-parent FFN variant."""
+    out = []
+    for layer in sorted({layer for layer, _ in pairs}):
+        mine = [v for j, v in pairs if j == layer and not v.is_parent]
+        out += [
+            (layer, f"{a}+{f}")
+            for a in mine
+            if a.kind == "attention"
+            for f in mine
+            if f.kind == "ffn"
+        ]
+    return out
+
+
+def read_joint_scores(job_dir: str | Path) -> list[dict]:
+    """Every joint score record (``layer``, ``attention``, ``ffn`` and the score columns)."""
+    folder = Path(job_dir) / SCORES_DIR / JOINT_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("L*.json"))]
 
 
 def read_scores(job_dir: str | Path) -> list[dict]:
@@ -90,11 +122,13 @@ def stage_scoring(
     t0 = time.perf_counter()
     parent, splits = prepared.parent, prepared.splits
     library_dir = store.path("library")
-    pairs = variants_to_score(spec, parent.shape, library_dir)
+    pairs = [(layer, str(v)) for layer, v in variants_to_score(spec, parent.shape, library_dir)]
+    if spec.scoring.blocks == "joint":
+        pairs += joint_pairs([(layer, VariantSpec.parse(v)) for layer, v in pairs])
     pending: dict[int, list[str]] = {}
     for layer, variant in pairs:
         if not (scores_dir / score_file_name(layer, variant)).exists():
-            pending.setdefault(layer, []).append(str(variant))
+            pending.setdefault(layer, []).append(variant)
     todo = sum(len(v) for v in pending.values())
     report(f"[scoring] {len(pairs)} variants, {todo} to score")
     if todo:
@@ -108,7 +142,7 @@ def stage_scoring(
         _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, len(pairs))
     wall_s = time.perf_counter() - t0
     rows = read_scores(store.dir)
-    scored = len(rows)
+    scored = len(rows) + len(read_joint_scores(store.dir))
     # the table nas.library.library_frame merges into the library
     atomic_write_json(scores_dir / "scores.json", rows)
     if store.stage_done("bld"):  # with a partial library, a resumed job scores the rest
@@ -177,26 +211,34 @@ def score_layer(
 
     A plain function (the stage runs it as a Ray task); the parent is loaded from ``source``.
     """
-    from compress.builders import build_variant
-    from compress.scoring import ActivationCache, parent_scores, score_replacement
+    from compress.scoring import ActivationCache, parent_scores, score_block
 
     parent = _worker_parent(source, dtype)
     adapter = parent.adapter
     cache = ActivationCache.open(cache_dir)
     written = []
     for text in variants:
-        variant = VariantSpec.parse(text)
-        if variant.is_parent:
+        specs = [VariantSpec.parse(t) for t in text.split("+")]
+        if len(specs) == 1 and specs[0].is_parent:
             scores = parent_scores(adapter, cache, batch_size)
         else:
-            if variant.trainable:
-                from compress.library import load_variant
-
-                module = load_variant(Path(library_dir), layer, variant, adapter)
-            else:
-                module = build_variant(variant, adapter.subblock(layer, variant.kind))
-            scores = score_replacement(adapter, cache, layer, variant.kind, module, batch_size)
-        record = {"layer": layer, "kind": variant.kind, "variant": text, **scores.to_dict()}
-        atomic_write_json(Path(scores_dir) / score_file_name(layer, variant), record)
+            modules = {v.kind: _module(v, layer, adapter, library_dir) for v in specs}
+            scores = score_block(adapter, cache, layer, modules, batch_size)
+        if len(specs) == 1:
+            record = {"layer": layer, "kind": specs[0].kind, "variant": text}
+        else:
+            record = {"layer": layer, "attention": str(specs[0]), "ffn": str(specs[1])}
+        path = Path(scores_dir) / score_file_name(layer, text)
+        atomic_write_json(path, {**record, **scores.to_dict()})
         written.append(text)
     return written
+
+
+def _module(variant: VariantSpec, layer: int, adapter, library_dir: str):
+    """The module of a variant: from the library if trained, else built from the parent."""
+    from compress.builders import build_variant
+    from compress.library import load_variant
+
+    if variant.trainable:
+        return load_variant(Path(library_dir), layer, variant, adapter)
+    return build_variant(variant, adapter.subblock(layer, variant.kind))

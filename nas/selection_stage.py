@@ -60,9 +60,16 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         rec = store.read_stage("selection")
         report(f"[selection] done before: {rec['points']} points")
         return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
-    from nas.library import library_frame
+    from nas.library import joint_scores, library_frame
     from nas.pareto import CandidatePoint, Target, select_front, write_front
-    from nas.selection.costs import problem_from_library, profile_latency
+    from nas.selection.block_library import read_library, write_library
+    from nas.selection.costs import (
+        BYTES_PER_VALUE,
+        Workload,
+        activations_mib,
+        problem_from_library,
+        profile_latency,
+    )
 
     t0 = time.perf_counter()
     parent = prepared.parent
@@ -71,12 +78,16 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
     by_metric = phase_profiles(profiles)
     latency, fixed = profile_latency(by_metric)
     decode = by_metric.get("decode_latency_ms")
+    prefill = by_metric.get("prefill_latency_ms")
     frame = library_frame(store.dir)
     score = spec.scoring.metric
     unscored = frame[score].isna() & ~frame["variant"].str.endswith(":parent")
     if unscored.any():  # variants pruned before BLD (space.prefilter) have no score
         report(f"[selection] {int(unscored.sum())} unscored (pruned) variants left out")
         frame = frame[~unscored]
+    batch = decode.batch if decode else 1
+    value_bytes = BYTES_PER_VALUE[spec.model.dtype]
+    workload = Workload(batch, prefill.batch * prefill.seq if prefill else 1)
     problem = problem_from_library(
         frame,
         num_layers=shape.num_layers,
@@ -89,24 +100,40 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         latency=latency,
         latency_metrics=list(by_metric),
         fixed_latency_ms=fixed,
-        batch=decode.batch if decode else 1,
+        batch=batch,
         context=decode.context if decode else spec.data.seq_len,
-        bytes_per_value=2.0 if spec.model.dtype != "float32" else 4.0,
+        bytes_per_value=value_bytes,
+        weight_bytes=BYTES_PER_VALUE[spec.hardware.weight_precision or spec.model.dtype],
+        activations_mib=activations_mib(
+            batch,
+            prefill.seq if prefill else 1,
+            shape.hidden_size,
+            shape.intermediate_size,
+            shape.vocab_size,
+            value_bytes,
+        ),
+        joint_scores=joint_scores(store.dir, score) if spec.scoring.blocks == "joint" else None,
     )
-    points = _strategy_points(spec, prepared, problem, by_metric, report)
+    # the job's block library in the documented file format; selection reads it back like any
+    # user's library (`nas select`)
+    path = write_library(problem, store.path("pareto", "library.csv"), score=score)
+    problem = read_library(path, score=score)
+    rules = problem.restrict(spec.strategy.fix, [_forbidden(f) for f in spec.strategy.forbid])
+    points = _strategy_points(spec, prepared, rules, by_metric, report)
     names = spec.strategy.names
     result = select_front(
-        problem,
+        rules,
         [Target.of(t) for t in spec.targets],
         [CandidatePoint(p.strategy, p.choices) for p in points],
         strategies=["puzzle-mip"] if "puzzle-mip" in names else [],
         solutions_per_budget=spec.strategy.solutions_per_budget,
         diversity_layers=spec.strategy.diversity_layers,
         time_limit_s=spec.strategy.time_limit_s,
-        batch=decode.batch if decode else 1,
+        solver=spec.strategy.solver,
+        workload=workload,
         on_infeasible="record",
     )
-    write_front(store.dir, result, problem)
+    write_front(store.dir, result, rules)
     primary = result.meta.get("primary_metric", next(iter(by_metric), "params"))
     record = {
         "points": len(result.front),
@@ -119,6 +146,19 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
     store.write_stage("selection", record)
     report(f"[selection] {len(result.front)} points on the front in {record['wall_s']:.1f}s")
     return Selection(record["points"], primary, record["profiles"])
+
+
+def _forbidden(text: str) -> tuple[int | None, str]:
+    """``"ffn:noop"`` -> (None, "ffn:noop"); ``"3/ffn:noop"`` -> (3, "ffn:noop")."""
+    layer, sep, variant = text.partition("/")
+    if not sep:
+        return None, text
+    try:
+        return int(layer), variant
+    except ValueError:
+        from nas.selection.errors import SelectionError
+
+        raise SelectionError(f"strategy.forbid: {text!r} is not VARIANT or LAYER/VARIANT") from None
 
 
 def _strategy_points(spec: SearchSpec, prepared, problem, by_metric: dict, report) -> list:

@@ -69,6 +69,12 @@ class BLDSection(_Section):
 
 class ScoringSection(_Section):
     metric: Literal["kl", "lm_loss"] = "kl"
+    blocks: Literal["subblock", "joint"] = Field(
+        "subblock",
+        description="subblock: score attention and FFN variants one at a time (|A|+|F| per layer, "
+        "summed by the MIP); joint: also score every (attention, FFN) pair of a layer together "
+        "(|A|x|F| per layer) and choose whole blocks by their joint scores",
+    )
     eval_tokens: int | None = Field(None, gt=0, description="tokens of the eval split to score on")
     batch_size: int = Field(8, ge=1)
 
@@ -94,21 +100,48 @@ class HardwareSection(_Section):
     )
     measure: MeasureSection | None = None
     phases: list[PhaseSection] = Field(default_factory=list, description="phases to measure")
+    weight_precision: Literal["fp32", "fp16", "bf16", "int8", "fp8"] | None = Field(
+        None, description="precision of the exported weights for memory_mib (default: model.dtype)"
+    )
+
+
+class BoundSection(_Section):
+    """A bound held in every solve of a target: ``min`` and/or ``max`` of one metric."""
+
+    metric: str = Field(..., min_length=1, description="a cost metric or human target, by name")
+    min: float | None = None
+    max: float | None = None
+    relative: bool | None = Field(None, description="default: the target's relative")
+
+    @model_validator(mode="after")
+    def _one_side(self):
+        if self.min is None and self.max is None:
+            raise ValueError(f"bound on {self.metric} needs min or max")
+        return self
 
 
 class TargetSection(_Section):
-    """One budget sweep: values are absolute or, with ``relative: true``, ratios of the parent."""
+    """A sweep of one bound (``metric`` over ``values``) with ``bounds`` held in every solve; or,
+    without ``metric``, one solve of ``bounds``. Values are absolute or, with ``relative: true``,
+    ratios of the parent. Metrics: prefill_latency_ms, decode_latency_ms, params, memory_mib,
+    kv_cache_mib, decode_throughput_tps (alias throughput_tps), prefill_throughput_tps, ttft_ms, or
+    any custom cost metric by name."""
 
-    metric: Literal[
-        "prefill_latency_ms",
-        "decode_latency_ms",
-        "params",
-        "memory_mib",
-        "throughput_tps",
-        "ttft_ms",
-    ]
-    values: list[float] = Field(..., min_length=1)
+    metric: str | None = None
+    values: list[float] | None = Field(None, min_length=1)
     relative: bool = True
+    bound: Literal["max", "min"] | None = Field(
+        None, description="the swept bound: max (<=; default) or min (>=; default for throughputs)"
+    )
+    bounds: list[BoundSection] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.metric is None and (self.values or not self.bounds):
+            raise ValueError("a target needs metric and values, or bounds, or both")
+        if self.metric is not None and not self.values:
+            raise ValueError(f"target {self.metric} needs values")
+        return self
 
 
 class StrategySection(_Section):
@@ -124,6 +157,16 @@ class StrategySection(_Section):
         "each budget's solutions are assembled and compared by measured KL (best one kept)",
     )
     time_limit_s: float = Field(10.0, gt=0)
+    solver: Literal["highs", "cbc"] = Field(
+        "highs", description="MIP solver (HiGHS in process; measured faster in bench/mip_speed.py)"
+    )
+    fix: dict[int, list[str]] = Field(
+        default_factory=dict, description="layer -> variants it must use, e.g. {0: [ffn:parent]}"
+    )
+    forbid: list[str] = Field(
+        default_factory=list,
+        description="variants never chosen: 'ffn:noop' (every layer) or '3/ffn:noop' (layer 3)",
+    )
     keep_last_layers: int = Field(0, ge=0)
     trials: int = Field(32, ge=1, description="diswot-evolution trials")
 

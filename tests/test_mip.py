@@ -27,15 +27,13 @@ TAIL = 4  # layers enumerated with numpy; the ones before them with itertools.pr
 
 
 def _pairs(problem: SelectionProblem, metrics):
-    """Per layer: the (attention, FFN) index pairs, their summed scores and costs."""
+    """Per layer: the allowed (attention, FFN) index pairs, their scores and costs (summed in an
+    additive layer, the block's own in a joint one)."""
     out = []
     for layer in problem.layers:
-        pairs = list(itertools.product(range(len(layer.attention)), range(len(layer.ffn))))
-        score = np.array([layer.attention[a].score + layer.ffn[f].score for a, f in pairs])
-        costs = {
-            m: np.array([layer.attention[a].costs[m] + layer.ffn[f].costs[m] for a, f in pairs])
-            for m in metrics
-        }
+        pairs = layer.pairs()
+        score = np.array([layer.pair_score(a, f) for a, f in pairs])
+        costs = {m: np.array([layer.pair_cost(a, f, m) for a, f in pairs]) for m in metrics}
         out.append((pairs, score, costs))
     return out
 
@@ -47,10 +45,18 @@ def _outer(arrays):
     return total
 
 
-def brute_force(problem: SelectionProblem, budgets: dict, objective: str | None = None):
-    """Exhaustive optimum: min summed score (or min ``objective`` cost) over every choice within
-    the budgets; None if no choice fits. Enumerates all (A*F)^L choices."""
-    metrics = sorted(set(budgets) | ({objective} if objective else set()))
+def brute_force(
+    problem: SelectionProblem,
+    budgets: dict,
+    objective: str | None = None,
+    lower: dict | None = None,
+    maximise: bool = False,
+):
+    """Exhaustive optimum: min summed score (or min ``objective`` cost; max with ``maximise``)
+    over every choice within the budgets (``cost <= budgets[m]``, ``cost >= lower[m]``); None if
+    no choice fits. Enumerates every allowed choice."""
+    lower = lower or {}
+    metrics = sorted(set(budgets) | set(lower) | ({objective} if objective else set()))
     layers = _pairs(problem, metrics)
     head, tail = layers[: max(0, len(layers) - TAIL)], layers[max(0, len(layers) - TAIL) :]
     tail_score = _outer([t[1] for t in tail])
@@ -61,6 +67,9 @@ def brute_force(problem: SelectionProblem, budgets: dict, objective: str | None 
         for m, limit in budgets.items():
             base = problem.fixed(m) + sum(h[2][m][j] for h, j in zip(head, prefix, strict=True))
             ok &= base + tail_costs[m] <= limit + 1e-9 * max(1.0, abs(limit))  # summation order
+        for m, limit in lower.items():
+            base = problem.fixed(m) + sum(h[2][m][j] for h, j in zip(head, prefix, strict=True))
+            ok &= base + tail_costs[m] >= limit - 1e-9 * max(1.0, abs(limit))
         if not ok.any():
             continue
         if objective is None:
@@ -70,9 +79,14 @@ def brute_force(problem: SelectionProblem, budgets: dict, objective: str | None 
             base = problem.fixed(objective) + sum(
                 h[2][objective][j] for h, j in zip(head, prefix, strict=True)
             )
-            value = base + tail_costs[objective][ok].min()
+            if maximise:
+                value = -(base + tail_costs[objective][ok].max())
+            else:
+                value = base + tail_costs[objective][ok].min()
         best = min(best, value)
-    return None if best == math.inf else best
+    if best == math.inf:
+        return None
+    return -best if maximise else best
 
 
 def _library_cases():

@@ -21,7 +21,7 @@ A target is a set of bounds solved together; each bound is ``metric <= value`` (
   sequence one measured decode runtime covers, 1 for a per-step profile); a relative value ``r``
   means ``r`` times the parent's throughput.
 - ``prefill_throughput_tps`` (prompt tokens/s) ``>= t`` -> ``prefill_latency_ms <= 1000 * B * S / t``
-  at the prefill profile's batch ``B`` and prompt length ``S``.
+  at the prefill profile's batch ``B`` and prompt length ``S`` (``Workload.prefill_tokens = B*S``).
 - ``ttft_ms`` (time to first token) -> ``prefill_latency_ms <= ttft_ms``.
 """
 
@@ -81,8 +81,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Workload:
-    """What one measured runtime covers, to turn throughputs into runtimes: ``batch`` sequences,
-    ``prefill_tokens`` prompt tokens each (prefill), ``decode_steps`` new tokens each (decode)."""
+    """What one measured runtime covers, to turn throughputs into runtimes: a decode run yields
+    ``decode_steps`` new tokens for each of ``batch`` sequences; a prefill run reads
+    ``prefill_tokens`` prompt tokens in all (its batch x prompt length)."""
 
     batch: int = 1
     prefill_tokens: int = 1
@@ -90,8 +91,9 @@ class Workload:
 
     def tokens(self, metric: str) -> float:
         """Tokens one run of ``metric`` (a latency) yields over the whole batch."""
-        per_sequence = self.prefill_tokens if metric == "prefill_latency_ms" else self.decode_steps
-        return float(self.batch * per_sequence)
+        if metric == "prefill_latency_ms":
+            return float(self.prefill_tokens)
+        return float(self.batch * self.decode_steps)
 
 
 @dataclass(frozen=True)
@@ -363,7 +365,7 @@ def problem_from_library(
             *(tuple(sorted(by_layer[i][k].values(), key=_parent_first)) for k in KINDS)
         )
         pairs = {(a, f): s for (j, a, f), s in (joint_scores or {}).items() if j == i}
-        layers.append(_joint_layer(layer, pairs, i) if pairs else layer)
+        layers.append(_joint_layer(layer, pairs) if pairs else layer)
     embed = vocab_size * hidden_size
     fixed_params = embed * (1 if tied_embeddings else 2) + hidden_size
     fixed = {
@@ -390,14 +392,14 @@ def profile_latency(profiles: Mapping[str, object]) -> tuple[LatencyLookup, dict
     return lookup, {m: float(p.fixed_ms) for m, p in profiles.items()}
 
 
-def _joint_layer(layer: LayerOptions, scores: Mapping[tuple[str, str], float], i: int):
+def _joint_layer(layer: LayerOptions, scores: Mapping[tuple[str, str], float]):
     """The joint layer of the scored pairs (plus the parent pair, score 0) of an additive one."""
     names = {k: [o.variant for o in layer.options(k)] for k in KINDS}
     scores = {("attention:parent", "ffn:parent"): 0.0, **scores}
     blocks = []
     for (a, f), score in scores.items():
         if a not in names["attention"] or f not in names["ffn"]:
-            raise SelectionError(f"layer {i}: joint score for unknown pair {a} + {f}")
+            continue  # a variant left out of the problem (pruned, unscored)
         ia, jf = names["attention"].index(a), names["ffn"].index(f)
         costs = {m: layer.pair_cost(ia, jf, m) for m in layer.metrics}
         blocks.append(Block(ia, jf, float(score), costs))

@@ -18,6 +18,8 @@ solution. Per-layer fixed choices and forbidden options are a smaller problem (`
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -222,10 +224,35 @@ def _items(layer, unit: str):
     return layer.blocks if unit == "block" else layer.options(unit)
 
 
+_BANNER_SHOWN = False
+
+
+def _silence_highs_banner() -> None:
+    """HiGHS prints a banner on stdout (from C++, ignoring ``msg=False``) when the first solver
+    object of a process is made; make that one with stdout pointed at /dev/null, so that
+    ``nas select --format csv`` writes nothing but the table."""
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN = True
+
+
 def _solver(name: str, time_limit_s: float, threads: int | None, mip_gap: float | None):
     """A PuLP solver: ``cbc`` (bundled CBC, a subprocess per solve) or ``highs`` (HiGHS in
     process through ``highspy``). Both prove optimality unless ``mip_gap`` (relative) is given."""
     if name == "highs":
+        _silence_highs_banner()
         gap = MIP_RTOL if mip_gap is None else mip_gap
         return pulp.HiGHS(
             msg=False, timeLimit=time_limit_s, threads=threads, gapRel=gap, gapAbs=1e-9

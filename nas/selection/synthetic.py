@@ -136,6 +136,7 @@ def llama_problem(
         "decode_latency_ms": _ms(fixed_params * BYTES / BANDWIDTH_BPS) + KERNEL_MS,
         "params": fixed_params,
         "memory_mib": weights_mib(fixed_params, BYTES),
+        "kv_cache_mib": 0.0,
     }
     return SelectionProblem(tuple(layers), fixed)
 
@@ -168,6 +169,7 @@ def _option(
             "params": float(params),
             "memory_mib": weights_mib(params, BYTES)
             + kv_cache_mib(kv, head_dim, context, batch, BYTES),
+            "kv_cache_mib": kv_cache_mib(kv, head_dim, context, batch, BYTES),
         },
     )
 
@@ -182,7 +184,7 @@ def random_problem(
     """A small random problem: option 0 of each kind is the parent (score 0, the largest costs);
     other options have random costs below the parent's and random positive scores. With
     ``shared_costs`` every layer has the same option costs (a homogeneous model), scores differ."""
-    metrics = ("prefill_latency_ms", "decode_latency_ms", "params", "memory_mib")
+    metrics = ("prefill_latency_ms", "decode_latency_ms", "params", "memory_mib")  # no KV cache
     layers = []
     shared: dict[tuple[str, int], dict[str, float]] = {}
 
@@ -264,3 +266,24 @@ def joint_problem(
 def _width(variant: str) -> float:
     """FFN width of ``ffn:width=N``."""
     return float(variant.split("=", 1)[1])
+
+
+def random_joint_problem(
+    rng: random.Random, num_layers: int, num_attention: int, num_ffn: int, keep: float = 0.7
+) -> SelectionProblem:
+    """``random_problem`` made joint: each layer lists the parent pair and a random ``keep``
+    share of the other pairs, each with its own score: the pair's summed score times a factor in
+    [0.3, 1.3], minus up to 0.05 (so some are negative, like an LM-loss delta below the parent)."""
+    additive = random_problem(rng, num_layers, num_attention, num_ffn)
+    layers = []
+    for layer in additive.layers:
+        blocks = []
+        for a, f in layer.pairs():
+            if (a, f) != (0, 0) and rng.random() > keep:
+                continue
+            score = 0.0 if (a, f) == (0, 0) else layer.pair_score(a, f) * rng.uniform(0.3, 1.3)
+            score -= 0.0 if (a, f) == (0, 0) else rng.uniform(0.0, 0.05)
+            costs = {m: layer.pair_cost(a, f, m) for m in layer.metrics}
+            blocks.append(Block(a, f, score, costs))
+        layers.append(LayerOptions(layer.attention, layer.ffn, tuple(blocks)))
+    return SelectionProblem(tuple(layers), dict(additive.fixed_costs))
