@@ -105,6 +105,16 @@ class HardwareSection(_Section):
     )
 
 
+def _known_metric(metric: str | None) -> str | None:
+    """The pipeline's cost model provides these; custom metrics come from library files
+    (``nas select``)."""
+    from nas.selection.costs import TARGET_METRICS
+
+    if metric is not None and metric not in TARGET_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(TARGET_METRICS)}")
+    return metric
+
+
 class BoundSection(_Section):
     """A bound held in every solve of a target: ``min`` and/or ``max`` of one metric."""
 
@@ -112,6 +122,8 @@ class BoundSection(_Section):
     min: float | None = None
     max: float | None = None
     relative: bool | None = Field(None, description="default: the target's relative")
+
+    _metric = field_validator("metric")(_known_metric)
 
     @model_validator(mode="after")
     def _one_side(self):
@@ -134,6 +146,8 @@ class TargetSection(_Section):
         None, description="the swept bound: max (<=; default) or min (>=; default for throughputs)"
     )
     bounds: list[BoundSection] = Field(default_factory=list)
+
+    _metric = field_validator("metric")(_known_metric)
 
     @model_validator(mode="after")
     def _something(self):

@@ -233,3 +233,94 @@ def test_nas_select_reproduces_the_front_of_the_same_library(tmp_path):
     )
     assert out.returncode == 2 and "smallest achievable memory_mib" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_spec_targets_old_and_new_forms():
+    from nas.errors import SpecError
+    from nas.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "targets": [
+                {"metric": "throughput_tps", "values": [1.5]},  # the old form still works
+                {
+                    "metric": "decode_throughput_tps",
+                    "values": [1.25, 2.0],
+                    "bounds": [
+                        {"metric": "memory_mib", "max": 0.8},
+                        {"metric": "params", "min": 0.2},
+                    ],
+                },
+                {"bounds": [{"metric": "kv_cache_mib", "max": 100, "relative": False}]},
+            ],
+            "strategy": {"solver": "cbc", "fix": {0: ["ffn:parent"]}, "forbid": ["3/ffn:noop"]},
+            "scoring": {"blocks": "joint"},
+        }
+    )
+    targets = [Target.of(t) for t in spec.targets]
+    assert targets[1].bounds == (
+        Bound("memory_mib", 0.8, "max", True),
+        Bound("params", 0.2, "min", True),
+    )
+    assert targets[2].metric is None and targets[2].bounds[0].relative is False
+    for bad, match in (
+        ({"targets": [{"metric": "energy_j", "values": [1]}]}, "unknown metric 'energy_j'"),
+        ({"targets": [{"bounds": [{"metric": "params"}]}]}, "needs min or max"),
+        ({"targets": [{"relative": True}]}, "needs metric and values, or bounds"),
+    ):
+        with pytest.raises(SpecError, match=match):
+            parse_spec(bad)
+
+
+@pytest.mark.slow
+def test_nas_select_reproduces_a_finished_tiny_job(tmp_path):
+    """The tiny job through selection; `nas select` on its pareto/library.csv with the job's
+    sweep gives exactly the job's puzzle-mip points (choices, costs, predicted KL, targets)."""
+    from tests.conftest import TINY_SPEC, need_shared_data
+
+    need_shared_data()
+    run = [sys.executable, "-m", "nas.cli", "run", str(TINY_SPEC), "--job-id", "t"]
+    out = subprocess.run(
+        [*run, "--results", str(tmp_path), "--until", "selection"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    folder = tmp_path / "t" / "pareto"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nas.cli",
+            "select",
+            str(folder / "library.csv"),
+            "--relative",
+            "--sweep",
+            "prefill_latency_ms<=0.9,0.8,0.7,0.6,0.5,0.4",
+            "--solutions",
+            "3",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    got = {r["point_id"]: r for r in json.loads(out.stdout)}
+    job = [
+        r for r in json.loads((folder / "front.json").read_text()) if r["strategy"] == "puzzle-mip"
+    ]
+    assert sorted(got) == sorted(r["point_id"] for r in job)
+    for row in job:
+        for column in (
+            "choices",
+            "target",
+            "predicted_kl",
+            "predicted_prefill_latency_ms",
+            "params",
+        ):
+            assert got[row["point_id"]][column] == row[column]
