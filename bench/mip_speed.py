@@ -4,7 +4,7 @@ Libraries (``nas.selection.synthetic.joint_problem``: roofline costs of a Llama-
 scores that are not the sum of the subblock scores):
 
 - ``80x16``: 80 layers x 16 joint blocks (2 attention x 8 FFN), a Llama-70B-like shape;
-- ``126x256`` (``--large``): 126 layers x 256 joint blocks (16 attention x 16 FFN), 405B-like.
+- ``126x256``: 126 layers x 256 joint blocks (16 attention x 16 FFN), 405B-like.
 
 Each (library, solver, formulation) sweeps ``--budgets`` decode-latency budgets from 0.95x to 0.30x
 of the parent and records per budget the CPU seconds of the whole ``solve_mip`` call (this process
@@ -12,10 +12,10 @@ plus the CBC subprocess; immune to other load on the machine) and the wall secon
 budget the joint optimum of the solvers must agree within 1e-6 relative; the additive model's
 choice (optimal for the summed subblock scores) is scored by the joint scores beside it.
 
-    python bench/mip_speed.py [--budgets 20] [--large] [--time-limit 60] [--solvers highs,cbc]
-                              [--formulations binaries,counts]
+    python bench/mip_speed.py [--budgets 20] [--libraries 80x16,126x256] [--time-limit 60]
+                              [--solvers highs,cbc] [--formulations binaries,counts]
 
-Writes results/bench/mip_speed.csv (one row per solve) and results/bench/mip_speed.md.
+Writes results/bench/mip_speed_<libraries>.csv (one row per solve) and .md.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ GOALS = {"median": 0.3, "worst": 1.5, "sweep": 6.0}  # CPU seconds, on 80x16
 RTOL = 1e-6
 
 
-def libraries(large: bool) -> dict:
-    out = {"80x16": joint_problem(80)}
-    if large:
+def libraries(names: list[str]) -> dict:
+    out = {}
+    if "80x16" in names:
+        out["80x16"] = joint_problem(80)
+    if "126x256" in names:
         out["126x256"] = joint_problem(
             126,
             attention=("parent", *(f"kv_heads={k}" for k in range(1, 14)), "linear", "noop"),
@@ -77,14 +79,15 @@ def sweep(problem, budgets, solver: str, aggregate: bool, time_limit: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=int, default=20)
-    parser.add_argument("--large", action="store_true", help="also the 126 x 256 library")
+    parser.add_argument("--libraries", default="80x16", help="80x16 and/or 126x256")
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--solvers", default="highs,cbc")
     parser.add_argument("--formulations", default="binaries,counts")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs visible; {platform.node()}")
     rows = []
-    for name, (joint, additive) in libraries(args.large).items():
+    names = args.libraries.split(",")
+    for name, (joint, additive) in libraries(names).items():
         parent = joint.cost(joint.parent_indices(), "decode_latency_ms")
         ratios = [0.95 - 0.65 * i / max(1, args.budgets - 1) for i in range(args.budgets)]
         budgets = [{"decode_latency_ms": r * parent} for r in ratios]
@@ -144,18 +147,20 @@ def main() -> None:
     ok = frame["rel_gap"].dropna().max() <= RTOL
     print(f"every solver within {RTOL:g} relative of the best at every budget: {ok}")
     OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OUT / "mip_speed.csv", frame.to_csv(index=False))
+    stem = "mip_speed_" + "_".join(names)
+    atomic_write_text(OUT / f"{stem}.csv", frame.to_csv(index=False))
     header = (
         "# MIP speed on synthetic joint-block libraries\n\n"
-        f"`python bench/mip_speed.py --budgets {args.budgets}{' --large' if args.large else ''} "
+        f"`python bench/mip_speed.py --budgets {args.budgets} --libraries {args.libraries} "
+        f"--solvers {args.solvers} --formulations {args.formulations} "
         f"--time-limit {args.time_limit:g}` on {platform.node()} ({os.cpu_count()} CPUs), "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\nCPU seconds of whole "
         f"`solve_mip` calls (model build + solver, CBC's subprocess included). Goals on 80x16: "
         f"median <= {GOALS['median']} s, worst <= {GOALS['worst']} s, sweep <= {GOALS['sweep']} s."
         f"\nAll solutions within {RTOL:g} relative of the best solver's: {ok}.\n\n"
     )
-    atomic_write_text(OUT / "mip_speed.md", header + _markdown(table) + "\n")
-    print(f"wrote {OUT / 'mip_speed.csv'} and {OUT / 'mip_speed.md'}")
+    atomic_write_text(OUT / f"{stem}.md", header + _markdown(table) + "\n")
+    print(f"wrote {OUT / stem}.csv and .md")
 
 
 def _markdown(table: pd.DataFrame) -> str:

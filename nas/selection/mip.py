@@ -254,8 +254,8 @@ def _solver(name: str, time_limit_s: float, threads: int | None, mip_gap: float 
     if name == "highs":
         _silence_highs_banner()
         gap = MIP_RTOL if mip_gap is None else mip_gap
-        return pulp.HiGHS(
-            msg=False, timeLimit=time_limit_s, threads=threads, gapRel=gap, gapAbs=1e-9
+        return pulp.HiGHS(  # one thread unless asked: less CPU per solve in bench/mip_speed.py
+            msg=False, timeLimit=time_limit_s, threads=threads or 1, gapRel=gap, gapAbs=1e-9
         )
     if name != "cbc":
         raise SelectionError(f"unknown MIP solver {name!r}; use one of {', '.join(SOLVERS)}")
