@@ -9,7 +9,7 @@ import torch
 
 from compress.builders import build_variant
 from compress.evaluate import kl_from_logits, lm_loss
-from compress.scoring import ActivationCache, parent_scores, score_replacement
+from compress.scoring import ActivationCache, parent_scores, score_block, score_replacement
 from compress.variants import VariantSpec
 
 
@@ -64,6 +64,31 @@ def test_prefix_reuse_matches_full_forward(stories_parent, eval_tokens, layer, t
     assert scores.top1 == pytest.approx(top1, abs=1e-6)
     assert scores.lm_loss == pytest.approx(float(ce), rel=1e-5)
     assert scores.tokens == eval_tokens.numel()
+
+
+def test_joint_block_score_is_the_whole_block_replaced(stories_parent, eval_tokens):
+    """A joint block (attention and FFN of one layer replaced together) scores the model with
+    both replaced (full forward), and the parent is restored."""
+    adapter = stories_parent.adapter
+    cache = ActivationCache.build(adapter, eval_tokens)
+    layer = 2
+    specs = [VariantSpec.parse("attention:kv_heads=1"), VariantSpec.parse("ffn:width=43")]
+    modules = {v.kind: build_variant(v, adapter.subblock(layer, v.kind)) for v in specs}
+    before = {k: adapter.subblock(layer, k) for k in modules}
+    joint = score_block(adapter, cache, layer, modules, batch_size=6)
+    assert all(adapter.subblock(layer, k) is m for k, m in before.items())
+    with torch.no_grad():
+        parent_logits = adapter(eval_tokens)
+        for kind, module in modules.items():
+            adapter.replace(layer, kind, module)
+        try:
+            logits = adapter(eval_tokens)
+        finally:
+            for kind, module in before.items():
+                adapter.replace(layer, kind, module)
+    assert joint.kl == pytest.approx(float(kl_from_logits(parent_logits, logits).mean()), rel=1e-4)
+    halves = [score_block(adapter, cache, layer, {k: m}, 6).kl for k, m in modules.items()]
+    assert joint.kl != pytest.approx(sum(halves), rel=1e-3)  # not additive in general
 
 
 def test_parent_scores_are_the_parent(stories_parent, eval_tokens):

@@ -324,3 +324,42 @@ def test_nas_select_reproduces_a_finished_tiny_job(tmp_path):
             "params",
         ):
             assert got[row["point_id"]][column] == row[column]
+
+
+def test_problem_from_library_with_joint_scores():
+    """Joint scores of scored pairs make a joint layer: listed pairs plus the parent pair and the
+    pairs with one parent half; block costs are the subblocks' sums."""
+    from nas.selection import problem_from_library
+
+    rows = [
+        {"layer": i, "kind": k, "variant": v, "params": p, "kl": s}
+        for i in range(2)
+        for k, v, p, s in (
+            ("attention", "attention:parent", 40, 0.0),
+            ("attention", "attention:noop", 0, 0.3),
+            ("ffn", "ffn:parent", 60, 0.0),
+            ("ffn", "ffn:noop", 0, 0.5),
+        )
+    ]
+    joint = {
+        (0, "attention:noop", "ffn:noop"): 0.4,
+        (0, "attention:noop", "ffn:parent"): 0.3,
+        (0, "attention:parent", "ffn:noop"): 0.5,
+    }
+    problem = problem_from_library(
+        rows,
+        num_layers=2,
+        hidden_size=4,
+        vocab_size=8,
+        head_dim=2,
+        parent_kv_heads=1,
+        tied_embeddings=True,
+        joint_scores=joint,
+    )
+    first, second = problem.layers
+    assert first.is_joint and not second.is_joint and len(first.blocks) == 4
+    both = problem.indices([("attention:noop", "ffn:noop"), ("attention:noop", "ffn:noop")])
+    assert problem.score(both) == pytest.approx(0.4 + 0.8)  # joint in layer 0, summed in layer 1
+    assert problem.cost(both, "params") == problem.fixed("params")
+    (best,) = solve_mip(problem, {"params": problem.fixed("params") + 100})
+    assert best.choices[0] == ("attention:noop", "ffn:noop")  # 0.4 < 0.3 + 0.5
