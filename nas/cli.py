@@ -86,7 +86,9 @@ def _finish(store) -> None:
         _say("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     if store.stage_done("selection"):
         plot = store.path("pareto", "front.png")
-        api.plot_pareto(store.job_id, plot, store.root)
+        front = store.path("pareto", "front.json")
+        if not plot.exists() or plot.stat().st_mtime < front.stat().st_mtime:  # else current
+            api.plot_pareto(store.job_id, plot, store.root)
         _print_front(store.job_id, api.pareto(store.job_id, store.root))
         _say(f"plot: {plot}")
     _say(f"job {store.job_id} {state}: {store.dir}")

@@ -57,11 +57,11 @@ def run_job(
 
     if until is not None and until not in STAGES:
         raise JobError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    manifest = store.manifest()
+    if manifest.get("state") == "finished" and set(STAGES) <= set(manifest.get("stages_done", [])):
+        report(f"job {store.job_id}: every stage is done already; nothing to run")
+        return manifest  # a finished job's files are left exactly as they are
     with driver_lease(store.dir, store.job_id):
-        manifest = store.manifest()
-        if all(stage in manifest.get("stages_done", []) for stage in STAGES):
-            report(f"job {store.job_id}: every stage is done already; nothing to run")
-            return store.update_manifest(state="finished")
         return _run_stages(spec, store, report, until)
 
 

@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from compress.atomic import atomic_write, atomic_write_json
 from compress.errors import UserError
@@ -48,68 +48,19 @@ from nas.service.confine import (
 )
 from nas.service.gate import Gate
 from nas.service.runner import QueueFull, Runner, Task
+from nas.service.schemas import (
+    _WHY,
+    ExportStatus,
+    JobAccepted,
+    JobStatus,
+    JobSummary,
+    _errors,
+    _json_body,
+)
 from nas.store import JOB_ID_MAX, JOB_ID_PATTERN, JobStore, list_jobs, new_job_id, validate_job_id
 
 TOKEN_ENV = "NAS_API_TOKEN"
 Format = Literal["onnx", "tensorrt", "hf"]
-
-
-class Problem(BaseModel):
-    detail: str
-
-
-class ItemCount(BaseModel):
-    done: int
-    total: int
-
-
-class JobStatus(BaseModel):
-    job_id: str
-    state: str
-    stages_done: list[str]
-    current_stage: str | None = None
-    items: dict[str, ItemCount] = {}
-    stage_seconds: dict[str, float] = {}
-    queue_position: int | None = None
-
-
-class JobSummary(BaseModel):
-    job_id: str
-    state: str
-    stages_done: list[str]
-    created: float
-    spec_path: str | None = None
-
-
-class JobAccepted(BaseModel):
-    job_id: str
-    state: str
-    queue_position: int
-
-
-class ExportStatus(BaseModel):
-    job_id: str
-    point: str
-    format: str
-    state: str
-    error: str | None = None
-    files: list[str] = []
-
-
-_WHY = {
-    400: "invalid job id, point or format in the path",
-    401: "missing or invalid bearer token",
-    403: "the spec names a path this server does not let clients use",
-    404: "no such job, point or export",
-    409: "the job's state (or a corrupt record) does not allow this now",
-    413: "request body or spec text too large",
-    422: "invalid body, spec or query",
-    429: "the queue is full",
-}
-
-
-def _errors(*codes: int) -> dict:
-    return {c: {"model": Problem, "description": _WHY[c]} for c in codes}
 
 
 # status per typed failure; the first matching class wins
@@ -223,14 +174,7 @@ def create_app(
         status_code=202,
         response_model=JobAccepted,
         responses=_errors(400, 401, 403, 409, 413, 422, 429),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}
-                },
-            }
-        },
+        openapi_extra=_json_body(JobRequest),
     )
     async def submit_job(request: Request) -> JobAccepted:
         """Queue a job: ``{"spec": {...}, "job_id": optional}``."""
@@ -285,7 +229,8 @@ def create_app(
             raise JobBusy(
                 f"job {job_id} is {state}: only jobs this service queued or runs can be cancelled"
             )
-        keep = results / ".cancelled" / f"{job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        keep = results / ".cancelled" / f"{job_id}-{stamp}"
         keep.parent.mkdir(exist_ok=True)
         store.update_manifest(state="cancelled")
         os.replace(store.dir, keep)
@@ -333,14 +278,7 @@ def create_app(
         status_code=202,
         response_model=ExportStatus,
         responses=_errors(400, 401, 404, 409, 413, 422, 429),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}
-                },
-            }
-        },
+        openapi_extra=_json_body(ExportRequest),
     )
     async def start_export(request: Request, job_id: str = _job_id_param()) -> ExportStatus:
         """Queue an export of one Pareto point into the job's folder (``exports/<point>/<format>``)."""
@@ -429,6 +367,15 @@ def create_app(
                 part = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(part.pop("$defs", {}))
                 components[model.__name__] = part
+            # FastAPI's own 422 (a list of errors) is never sent: bad path parameters are 400
+            # and every other error is a Problem (see the handlers above)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    reply = operation["responses"].get("422", {})
+                    if "HTTPValidationError" in str(reply):
+                        del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -4,8 +4,8 @@
   a loopback service through the browser.
 - A method no route of the path declares: 405 with an ``Allow`` header naming every method the
   path has (``OPTIONS``: 204 with the same header).
-- A body over ``max_body`` bytes (by ``Content-Length``, or counted while streaming): 413,
-  without reading the rest.
+- A body over ``max_body`` bytes (by ``Content-Length``, or counted while it streams in): 413,
+  without reading the rest. The gate holds the (small) body and hands it on in one piece.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ from __future__ import annotations
 import json
 
 from starlette.routing import Match
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Gate:
@@ -41,27 +37,25 @@ class Gate:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return await _reply(send, 413, f"request body over {self.max_body // 1024} KiB")
-        seen = 0
-        started = False
-
-        async def counted_receive():
-            nonlocal seen
+        body, more = b"", True
+        while more:  # read the whole body first (at most max_body), then hand it on
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body:
-                raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                return await _reply(send, 413, f"request body over {self.max_body // 1024} KiB")
+        sent = False
 
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            if not started:
-                await _reply(send, 413, f"request body over {self.max_body // 1024} KiB")
+        await self.app(scope, replay, send)
 
     def _methods(self, scope) -> set[str]:
         """Every method the routes matching this path accept (empty: no route matches)."""
