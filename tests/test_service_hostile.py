@@ -262,6 +262,33 @@ def test_eight_concurrent_posts_of_one_id(env):
     assert requests.delete(f"{url}/jobs/race", headers=auth(), timeout=60).status_code == 200
 
 
+def _create(args: tuple[str, float]) -> str:
+    import time
+
+    from nas.errors import JobBusy
+    from nas.store import JobStore
+
+    root, start = args
+    time.sleep(max(0.0, start - time.time()))  # all eight try at the same moment
+    try:
+        JobStore.create(root, "raced", {"name": "raced"}, None)
+        return "created"
+    except JobBusy:
+        return "busy"
+
+
+def test_job_creation_is_exclusive_across_processes(tmp_path):
+    """The store itself (what the CLI and the service share): eight processes create one id."""
+    import multiprocessing
+    import time
+
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        start = time.time() + 5.0
+        outcomes = sorted(pool.map(_create, [(str(tmp_path), start)] * 8, chunksize=1))
+    assert outcomes == ["busy"] * 7 + ["created"]
+    assert [p.name for p in tmp_path.iterdir()] == ["raced"]
+
+
 def _schemathesis(env, config: str) -> subprocess.CompletedProcess:
     path = env["results"].parent / "schemathesis.toml"
     path.write_text(config)
