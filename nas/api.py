@@ -48,10 +48,9 @@ def resume(
 ) -> JobStore:
     """Finish an existing job: stages and items already recorded are not redone."""
     store = JobStore.open(results_root(None, results), job_id)
-    spec = SearchSpec.model_validate(store.manifest()["spec"])
-    report(
-        f"resuming job {store.job_id} ({', '.join(store.manifest()['stages_done']) or 'no stage'} done)"
-    )
+    spec = store.spec()
+    done = [str(s) for s in store.manifest().get("stages_done", [])]
+    report(f"resuming job {store.job_id} ({', '.join(done) or 'no stage'} done)")
     run_job(spec, store, report, until=until)
     return store
 

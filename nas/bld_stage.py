@@ -199,12 +199,13 @@ def _train_one(
     from compress.bld import BLDConfig, train_variant
     from compress.capture import Activations
     from compress.library import has_variant, save_variant, variant_paths
+    from compress.subblock_file import load_parent_subblock
 
     torch.set_num_threads(1)
     spec = VariantSpec.parse(variant)
     if has_variant(library_dir, layer, spec):
         return json.loads(variant_paths(library_dir, layer, spec)[1].read_text())
-    parent = torch.load(parent_path, weights_only=False)
+    parent = load_parent_subblock(parent_path)
     module, record = train_variant(
         spec, layer, parent, Activations(train_dir), Activations(heldout_dir), BLDConfig(**config)
     )
@@ -214,18 +215,16 @@ def _train_one(
 
 
 def _save_parent_blocks(store: JobStore, adapter, keys: set[tuple[int, str]]) -> dict:
-    """Each needed parent subblock as a file the tasks load (written once, atomically)."""
-    import torch
-
-    from compress.atomic import atomic_write
+    """Each needed parent subblock as safetensors + JSON the tasks load without pickle
+    (``compress.subblock_file``; written once, atomically, the JSON last)."""
+    from compress.subblock_file import save_parent_subblock
 
     paths = {}
     for layer, kind in sorted(keys):
-        path = store.path("bld", "parent", f"L{layer:03d}.{kind}.pt")
-        if not path.exists():
-            module = adapter.subblock(layer, kind)
-            atomic_write(path, lambda tmp, m=module: torch.save(m, tmp))
-        paths[layer, kind] = str(path)
+        stem = store.path("bld", "parent", f"L{layer:03d}.{kind}")
+        if not stem.with_name(stem.name + ".json").exists():
+            save_parent_subblock(adapter, layer, kind, stem)
+        paths[layer, kind] = str(stem)
     return paths
 
 
@@ -331,17 +330,13 @@ def _run_on_ray(
 
 
 def _connect_ray(spec: SearchSpec) -> None:
-    """``nas.ray_runtime.ensure_ray``, with a failure to start or reach Ray as a ``JobError``.
+    """``nas.ray_runtime.ensure_ray`` (a failure to start or reach Ray is one ``JobError``).
 
     Ray stays up for the later stages of this process (it shuts down when the process exits).
     """
     from nas.ray_runtime import ensure_ray
 
-    try:
-        ensure_ray(spec.ray)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = spec.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
-        raise JobError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+    ensure_ray(spec.ray)
 
 
 class _progress:

@@ -86,7 +86,9 @@ def _finish(store) -> None:
         _say("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     if store.stage_done("selection"):
         plot = store.path("pareto", "front.png")
-        api.plot_pareto(store.job_id, plot, store.root)
+        front = store.path("pareto", "front.json")
+        if not plot.exists() or plot.stat().st_mtime < front.stat().st_mtime:  # else current
+            api.plot_pareto(store.job_id, plot, store.root)
         _print_front(store.job_id, api.pareto(store.job_id, store.root))
         _say(f"plot: {plot}")
     _say(f"job {store.job_id} {state}: {store.dir}")
@@ -188,11 +190,32 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     results: Path = typer.Option(Path("results"), "--results"),
     token_file: str | None = typer.Option(None, "--token-file", help="else $NAS_API_TOKEN"),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="serve without a token (loopback host only, Host checked)"
+    ),
+    data_root: list[Path] | None = typer.Option(
+        None, "--data-root", help="folder whose files remote specs may use (repeatable)"
+    ),
+    max_running: int = typer.Option(1, "--max-running", help="jobs run at once (0: hold all)"),
+    max_queued: int = typer.Option(16, "--max-queued", help="jobs waiting at most"),
+    allow_host: list[str] | None = typer.Option(
+        None, "--allow-host", help="accept only these Host names (repeatable)"
+    ),
 ) -> None:
-    """Serve the HTTP API (jobs, status, Pareto queries, export)."""
+    """Serve the HTTP API (jobs, status, cancel, Pareto queries, exports)."""
     from nas import service
 
-    service.serve(host, port, results, token_file)
+    service.serve(
+        host,
+        port,
+        results,
+        token_file,
+        no_auth=no_auth,
+        data_roots=data_root,
+        max_running=max_running,
+        max_queued=max_queued,
+        allowed_hosts=allow_host,
+    )
 
 
 @app.command("export")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from nas.errors import JobError
+from nas.ray_runtime import explain
 from nas.spec import SearchSpec
 from nas.store import JobStore, validate_job_id
 
@@ -25,9 +26,7 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # connection refused, bad address...
-        raise JobError(
-            f"cannot reach the Ray job server at {address}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise JobError(f"cannot reach the Ray job server at {address}: {explain(exc)}") from None
 
 
 def submit(spec: SearchSpec, address: str, job_id: str, storage: Path) -> str:
@@ -54,8 +53,7 @@ def submit(spec: SearchSpec, address: str, job_id: str, storage: Path) -> str:
             if "No available agent" in str(exc) and time.monotonic() < deadline:
                 time.sleep(2.0)
                 continue
-            first = str(exc).splitlines()[0]
-            raise JobError(f"the cluster refused job {job_id}: {first}") from None
+            raise JobError(f"the cluster refused job {job_id}: {explain(exc)}") from None
 
 
 def ray_status(address: str, job_id: str) -> str:
@@ -64,7 +62,7 @@ def ray_status(address: str, job_id: str) -> str:
     try:
         return str(client.get_job_status(validate_job_id(job_id)).value)
     except Exception as exc:
-        raise JobError(f"no job {job_id} on {address}: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"no job {job_id} on {address}: {explain(exc)}") from None
 
 
 def wait(address: str, job_id: str, timeout_s: float = 3600, poll_s: float = 2.0) -> str:
@@ -111,12 +109,15 @@ def cancel(address: str, job_id: str) -> bool:
 
 
 def progress(store: JobStore) -> dict:
-    """What the results store says: state, stages done, and per-stage item counts."""
+    """What the results store says: state (``interrupted`` when a running job's driver is
+    gone), stages done, and per-stage item counts."""
+    from nas.store import job_state
+
     manifest = store.manifest()
     items = manifest.get("progress", {})
     return {
         "job_id": store.job_id,
-        "state": manifest.get("state"),
+        "state": job_state(store, manifest),
         "stages_done": manifest.get("stages_done", []),
         "current_stage": manifest.get("current_stage"),
         "items": items,

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from compress.atomic import atomic_write_json
-from nas.errors import JobError
+from nas.errors import JobError, NotFound, RecordCorrupt
 from nas.pareto import MEASURED_COLUMNS
+from nas.selection.errors import FrontMissing
 from nas.spec import SearchSpec
-from nas.store import JobStore
+from nas.store import JobStore, read_json_record
 
 FORMATS = ("onnx", "tensorrt", "hf")
 Report = Callable[[str], None]
@@ -37,21 +39,18 @@ def _records(data) -> list[dict]:
         return data
     if isinstance(data, dict) and isinstance(data.get("points"), list):
         return data["points"]
-    raise JobError("front.json is neither a list of points nor a mapping with 'points'")
+    raise RecordCorrupt("front.json is neither a list of points nor a mapping with 'points'")
 
 
 def read_front(store: JobStore) -> list[dict]:
     """The job's Pareto points; ``JobError`` (one line) when the table does not exist yet."""
     path = front_path(store.dir)
     if not path.is_file():
-        raise JobError(
+        raise FrontMissing(
             f"job {store.job_id} has no Pareto front yet ({path}); run the job through its "
             "selection stage first"
         )
-    try:
-        return _records(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise JobError(f"{path} is not valid JSON: {exc}") from None
+    return _records(read_json_record(path, f"the Pareto table of job {store.job_id}"))
 
 
 def find_point(store: JobStore, point_id: str) -> dict:
@@ -62,7 +61,7 @@ def find_point(store: JobStore, point_id: str) -> dict:
             return point
     known = ", ".join(str(p.get("point_id")) for p in points[:8])
     more = f" (and {len(points) - 8} more)" if len(points) > 8 else ""
-    raise JobError(f"job {store.job_id} has no point {point_id!r}; points: {known or 'none'}{more}")
+    raise NotFound(f"job {store.job_id} has no point {point_id!r}; points: {known or 'none'}{more}")
 
 
 def point_choices(point: dict) -> list[list[str]]:
@@ -108,7 +107,7 @@ def write_measured(job_dir: str | Path, point_id: str, measured: dict) -> dict:
 
 # --- building and exporting a point -----------------------------------------------------------
 def job_spec(store: JobStore) -> SearchSpec:
-    return SearchSpec.model_validate(store.manifest()["spec"])
+    return store.spec()
 
 
 def job_splits(spec: SearchSpec, store: JobStore, parent):
@@ -189,7 +188,7 @@ def export_point(
     from compress.loading import load_parent
     from nas.pipeline import _dtype
 
-    out = Path(out_dir)
+    out = _writable_folder(Path(out_dir))
     parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
     student, gkd = build_point(store, spec, parent, point, report)
     summary: dict = {"job": store.job_id, "point_id": str(point_id), "format": fmt}
@@ -199,6 +198,19 @@ def export_point(
     summary["files"] = sorted(str(f) for f in out.iterdir() if f.is_file() and f.name[0] != ".")
     report(f"[export] point {point_id} of job {store.job_id} -> {out} ({fmt})")
     return summary
+
+
+def _writable_folder(out: Path) -> Path:
+    """``out`` as an existing writable folder; ``JobError`` (one line) when it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise JobError(f"export folder {out} exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"cannot create the export folder {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise JobError(f"cannot write to the export folder {out}: permission denied")
+    return out
 
 
 def measure_and_record(

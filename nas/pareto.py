@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from compress.atomic import atomic_write_json, atomic_write_text
+from nas.errors import RecordCorrupt
 from nas.selection.costs import (
     LATENCY_METRICS,
     Budget,
@@ -349,7 +350,24 @@ def read_meta(job_dir: str | Path) -> dict:
         raise FrontMissing(
             f"{Path(job_dir).name} has no Pareto front yet; run the job through its selection stage"
         )
-    return json.loads(path.read_text())
+    meta = _read_table_json(path, job_dir)
+    if not isinstance(meta, dict):
+        raise RecordCorrupt(f"{path} is not a mapping; rerun the job's selection stage")
+    return meta
+
+
+def _read_table_json(path: Path, job_dir: str | Path):
+    from nas.store import read_json_record
+
+    return read_json_record(path, f"the Pareto front of job {Path(job_dir).name}")
+
+
+def _table(path: Path, job_dir: str | Path) -> pd.DataFrame:
+    """A stored list of records as a frame; ``RecordCorrupt`` when it is not one."""
+    data = _read_table_json(path, job_dir)
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise RecordCorrupt(f"{path} is not a list of records; rerun the job's selection stage")
+    return pd.DataFrame(data)
 
 
 def read_front(job_dir: str | Path) -> pd.DataFrame:
@@ -358,7 +376,7 @@ def read_front(job_dir: str | Path) -> pd.DataFrame:
     path = front_dir(job_dir) / "front.json"
     if not path.exists():
         raise FrontMissing(f"{Path(job_dir).name} has no pareto/front.json; rerun selection")
-    frame = pd.DataFrame(json.loads(path.read_text()))
+    frame = _table(path, job_dir)
     for column in MEASURED_COLUMNS:
         if column not in frame:
             frame[column] = None
@@ -371,7 +389,7 @@ def read_alternates(job_dir: str | Path) -> pd.DataFrame:
     path = front_dir(job_dir) / "alternates.json"
     if not path.exists():
         return pd.DataFrame()
-    return pd.DataFrame(json.loads(path.read_text()))
+    return _table(path, job_dir)
 
 
 def read_baselines(job_dir: str | Path) -> pd.DataFrame:
@@ -379,7 +397,7 @@ def read_baselines(job_dir: str | Path) -> pd.DataFrame:
     path = front_dir(job_dir) / "baselines.json"
     if not path.exists():
         return pd.DataFrame()
-    return pd.DataFrame(json.loads(path.read_text()))
+    return _table(path, job_dir)
 
 
 def latency_column(meta: dict) -> str | None:
@@ -402,6 +420,18 @@ def query_front(
     smallest value the library can reach) when the limits exclude every point.
     """
     frame = read_front(job_dir)
+    try:
+        return _filter_front(frame, max_latency_ms, max_memory_mib)
+    except (KeyError, TypeError, ValueError) as exc:  # a front.json edited or damaged by hand
+        raise RecordCorrupt(
+            f"the Pareto front of job {Path(job_dir).name} lacks or mangles {exc}; "
+            "rerun the job's selection stage"
+        ) from None
+
+
+def _filter_front(
+    frame: pd.DataFrame, max_latency_ms: float | None, max_memory_mib: float | None
+) -> pd.DataFrame:
     meta = frame.attrs["meta"]
     latency = latency_column(meta)
     order = latency or meta["primary_column"]

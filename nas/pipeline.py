@@ -50,9 +50,22 @@ def run_job(
     """Run (or resume) the job's stages in order, stopping after ``until`` if given.
 
     Returns the manifest at the end. The job's state is ``finished`` only when every stage ran.
+    The process holds the job's driver lease throughout (``JobBusy`` if another live process
+    runs it); a job whose stages are all done is left as it is.
     """
+    from nas.driver import driver_lease
+
     if until is not None and until not in STAGES:
         raise JobError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    manifest = store.manifest()
+    if manifest.get("state") == "finished" and set(STAGES) <= set(manifest.get("stages_done", [])):
+        report(f"job {store.job_id}: every stage is done already; nothing to run")
+        return manifest  # a finished job's files are left exactly as they are
+    with driver_lease(store.dir, store.job_id):
+        return _run_stages(spec, store, report, until)
+
+
+def _run_stages(spec: SearchSpec, store: JobStore, report: Report, until: str | None) -> dict:
     store.update_manifest(state="running")
     timer = _StageTimer(store)
     try:
@@ -89,7 +102,11 @@ def run_job(
 
 
 class _StageTimer:
-    """Records the current stage and each stage's wall seconds (this run) in the manifest."""
+    """Records the current stage and each stage's wall seconds in the manifest.
+
+    Seconds accumulate over runs (an interrupted stage's time, then its resumed time); a stage
+    done before this run only reads its outputs back and adds nothing.
+    """
 
     def __init__(self, store: JobStore):
         self.store = store
@@ -98,10 +115,15 @@ class _StageTimer:
     @contextlib.contextmanager
     def __call__(self, stage: str):
         self.store.update_manifest(current_stage=stage)
+        done_before = self.store.stage_done(stage)
         t0 = time.perf_counter()
-        yield
-        self.seconds[stage] = round(time.perf_counter() - t0, 2)
-        self.store.update_manifest(stage_seconds=self.seconds)
+        try:
+            yield
+        finally:
+            if not done_before:
+                spent = time.perf_counter() - t0
+                self.seconds[stage] = round(float(self.seconds.get(stage, 0.0)) + spent, 2)
+                self.store.update_manifest(stage_seconds=self.seconds)
 
     def stop(self, stage: str) -> dict:
         return self.store.update_manifest(state="stopped", stopped_after=stage)

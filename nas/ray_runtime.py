@@ -7,23 +7,64 @@ Stages call ``ensure_ray(spec.ray)`` before submitting tasks. Inside a job submi
 from __future__ import annotations
 
 import os
+import time
 
 TASK_RETRIES = 3  # a task whose worker dies is re-run this many times
 
 
+START_ATTEMPTS = 3  # a local Ray start that times out (a loaded machine) is tried this often
+SLOW_START_TIMEOUT_S = "180"  # GCS request timeout for the retries (Ray's default: 60 s)
+
+
 def ensure_ray(ray_section=None) -> None:
-    """Initialise Ray once per process; no-op when already initialised."""
+    """Initialise Ray once per process; no-op when already initialised.
+
+    A local start is retried (``START_ATTEMPTS``, with a longer GCS timeout) because a busy
+    machine can miss Ray's start-up deadlines; when every try fails, or a cluster cannot be
+    reached, a ``JobError`` says in one line what to do.
+    """
     import ray
+
+    from nas.errors import JobError
 
     if ray.is_initialized():
         return
     address = getattr(ray_section, "address", None) or os.environ.get("RAY_ADDRESS")
     common = {"ignore_reinit_error": True, "log_to_driver": False, "configure_logging": False}
     if address:
-        ray.init(address=address, **common)
-    else:
-        num_cpus = getattr(ray_section, "num_cpus", None) or os.cpu_count()
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **common)
+        try:
+            ray.init(address=address, **common)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, its own types
+            raise JobError(f"cannot reach the Ray cluster at {address}: {explain(exc)}") from None
+        return
+    num_cpus = getattr(ray_section, "num_cpus", None) or os.cpu_count()
+    last = ""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **common)
+            return
+        except Exception as exc:
+            last = explain(exc)
+            ray.shutdown()
+            os.environ.setdefault("RAY_gcs_server_request_timeout_seconds", SLOW_START_TIMEOUT_S)
+            time.sleep(2.0 * (attempt + 1))
+    raise JobError(
+        f"could not start a local Ray in {START_ATTEMPTS} tries ({last}); the machine is "
+        "probably overloaded: retry when it is quieter, lower ray.num_cpus, or start Ray "
+        "yourself (`ray start --head`) and set RAY_ADDRESS"
+    )
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a Ray failure, with the fix for Ray's token authentication."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    if "authentication token" in text.lower() or "unauthenticated" in text.lower():
+        return (
+            f"{first}; the cluster uses token authentication: export RAY_AUTH_MODE=token "
+            "(with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token) and retry"
+        )
+    return first
 
 
 def task_options(num_cpus: float = 1, resource: str | None = None) -> dict:

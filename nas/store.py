@@ -1,12 +1,16 @@
 """The results store: ``<root>/<job-id>/manifest.json`` plus one record per finished stage.
 
 Every file goes through ``compress.atomic`` (temp file + rename). A stage is done exactly when
-its record ``stages/<stage>.json`` exists, so a resumed job skips it.
+its record ``stages/<stage>.json`` exists, so a resumed job skips it. A job folder is created
+exclusively (two creators of one id: one wins, the other gets ``JobError``). A record that
+cannot be read is a ``RecordCorrupt`` one-line error, never a traceback. The process running a
+job holds its driver lease (``nas.driver``), so a job whose driver died reads ``interrupted``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
@@ -14,20 +18,37 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from compress.atomic import atomic_write_json
-from nas.errors import JobError
+from nas.errors import JobError, NotFound, RecordCorrupt
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# letters, digits, '_' and '-', with single dots between them (no '..', no trailing dot)
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
+JOB_ID_MAX = 128
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 DEFAULT_RESULTS = Path("results")
+CREATED_MARKER = ".created"  # made with O_EXCL: exactly one creator of a job id succeeds
 
 
 def validate_job_id(job_id: str) -> str:
-    """Return ``job_id`` if it is a safe folder name; raise ``JobError`` otherwise."""
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id) or ".." in job_id:
+    """Return ``job_id`` if it is a safe folder name (matched in full); ``JobError`` otherwise."""
+    if not isinstance(job_id, str) or len(job_id) > JOB_ID_MAX or not _JOB_ID.fullmatch(job_id):
         raise JobError(
-            f"invalid job id {job_id!r}: use letters, digits, '.', '_' and '-' "
-            "(no path separators, no '..', at most 128 characters)"
+            f"invalid job id {job_id!r}: use letters, digits, '_' and '-' with single dots "
+            f"between them (no path separators, at most {JOB_ID_MAX} characters)"
         )
     return job_id
+
+
+def read_json_record(path: Path, what: str) -> object:
+    """The JSON in ``path``; ``RecordCorrupt`` (one line naming ``what``) when it is unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+        raise RecordCorrupt(
+            f"{what} ({path}) is truncated or corrupt: {reason}; restore it or remove the job"
+        ) from None
 
 
 def new_job_id(name: str) -> str:
@@ -44,13 +65,31 @@ class JobStore:
         self.dir = self.root / job_id
 
     @classmethod
-    def create(cls, root: str | Path, job_id: str, spec: dict, spec_path: str | None) -> JobStore:
+    def create(
+        cls,
+        root: str | Path,
+        job_id: str,
+        spec: dict,
+        spec_path: str | None,
+        state: str = "created",
+    ) -> JobStore:
+        """Create the job's folder and manifest; ``JobBusy`` when the id is taken (atomic:
+        of several concurrent creators of one id exactly one succeeds)."""
+        from nas.errors import JobBusy
+
         store = cls(Path(root), job_id)
+        taken = JobBusy(
+            f"job {job_id} already exists in {store.root}; resume it or pick another id"
+        )
         if (store.dir / "manifest.json").exists():
-            raise JobError(
-                f"job {job_id} already exists in {store.root}; resume it or pick another id"
-            )
+            raise taken
         store.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(store.dir / CREATED_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise taken from None
+        if (store.dir / "manifest.json").exists():  # a job made before markers existed
+            raise taken
         now = time.time()
         atomic_write_json(
             store.dir / "manifest.json",
@@ -58,7 +97,7 @@ class JobStore:
                 "job_id": job_id,
                 "spec": spec,
                 "spec_path": spec_path,
-                "state": "created",
+                "state": state,
                 "stages_done": [],
                 "created": now,
                 "updated": now,
@@ -69,13 +108,39 @@ class JobStore:
     @classmethod
     def open(cls, root: str | Path, job_id: str) -> JobStore:
         store = cls(Path(root), job_id)
-        if not (store.dir / "manifest.json").exists():
-            raise JobError(f"no job {job_id} in {store.root}")
+        if not (store.dir / "manifest.json").is_file():
+            raise NotFound(f"no job {job_id} in {store.root}")
         return store
 
     # --- manifest --------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return json.loads((self.dir / "manifest.json").read_text())
+        """The manifest; ``RecordCorrupt`` when it is truncated or not a job manifest."""
+        path = self.dir / "manifest.json"
+        try:
+            manifest = read_json_record(path, f"the manifest of job {self.job_id}")
+        except FileNotFoundError:
+            raise NotFound(f"no job {self.job_id} in {self.root}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages_done", []), list):
+            raise RecordCorrupt(
+                f"the manifest of job {self.job_id} ({path}) is not a job manifest; "
+                "restore it or remove the job"
+            )
+        return manifest
+
+    def spec(self):
+        """The job's resolved ``SearchSpec``; ``RecordCorrupt`` when the manifest's is invalid."""
+        from pydantic import ValidationError
+
+        from nas.spec import SearchSpec
+
+        try:
+            return SearchSpec.model_validate(self.manifest()["spec"])
+        except (KeyError, ValidationError) as exc:
+            first = str(exc).splitlines()[0][:200]
+            raise RecordCorrupt(
+                f"the manifest of job {self.job_id} has no valid spec ({first}); "
+                "restore it or remove the job"
+            ) from None
 
     def update_manifest(self, **fields) -> dict:
         manifest = self.manifest()
@@ -92,9 +157,15 @@ class JobStore:
 
     def read_stage(self, stage: str) -> dict:
         path = self.stage_path(stage)
-        if not path.exists():
-            raise JobError(f"job {self.job_id} has no finished stage {stage!r}")
-        return json.loads(path.read_text())
+        try:
+            record = read_json_record(path, f"the {stage} record of job {self.job_id}")
+        except FileNotFoundError:
+            raise JobError(f"job {self.job_id} has no finished stage {stage!r}") from None
+        if not isinstance(record, dict):
+            raise RecordCorrupt(
+                f"the {stage} record of job {self.job_id} ({path}) is not a mapping"
+            )
+        return record
 
     def write_stage(self, stage: str, record: dict) -> None:
         atomic_write_json(self.stage_path(stage), record)
@@ -113,21 +184,34 @@ class JobStore:
         return self.dir.joinpath(*parts)
 
 
+def job_state(store: JobStore, manifest: dict) -> str:
+    """The manifest's state, except ``interrupted`` for a running job whose driver is gone."""
+    from nas.driver import driver_alive
+
+    state = str(manifest.get("state", "?"))
+    if state == "running" and not driver_alive(store.dir):
+        return "interrupted"
+    return state
+
+
 def list_jobs(root: str | Path = DEFAULT_RESULTS) -> list[dict]:
-    """Summaries of every job under ``root``, newest first."""
+    """Summaries of every job under ``root``, newest first; a job whose manifest cannot be
+    read is listed with state ``corrupt`` (never hidden)."""
     rows = []
     for manifest_path in sorted(Path(root).glob("*/manifest.json")):
+        name = manifest_path.parent.name
         try:
-            m = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        rows.append(
-            {
-                "job_id": m.get("job_id", manifest_path.parent.name),
-                "state": m.get("state", "?"),
-                "stages_done": m.get("stages_done", []),
-                "created": m.get("created", 0.0),
-                "spec_path": m.get("spec_path"),
+            store = JobStore(Path(root), name)
+            m = store.manifest()
+            row = {
+                "job_id": name,
+                "state": job_state(store, m),
+                "stages_done": [str(s) for s in m.get("stages_done", [])],
+                "created": float(m.get("created", 0.0)),
+                "spec_path": m.get("spec_path") if isinstance(m.get("spec_path"), str) else None,
             }
-        )
+        except (JobError, TypeError, ValueError):
+            row = {"job_id": name, "state": "corrupt", "stages_done": [], "created": 0.0}
+            row["spec_path"] = None
+        rows.append(row)
     return sorted(rows, key=lambda r: r["created"], reverse=True)

@@ -62,3 +62,34 @@ def tiny_splits(stories_parent):
     from compress.data import text_calibration
 
     return text_calibration(stories_parent.tokenizer, [TINYSTORIES], 128, 32768, 8192, seed=0)
+
+
+@pytest.fixture(scope="session")
+def served_jobs(tmp_path_factory):
+    """A real ``nas serve`` (two jobs at a time) that ran two tiny jobs, ``svc-a`` and
+    ``svc-b``, to their end: yields (base URL, results folder, {job id: last status})."""
+    need_shared_data()
+    import requests
+
+    from tests.service_helpers import auth, start_server, stop_server, tiny_spec, wait_for
+
+    results = tmp_path_factory.mktemp("served")
+    proc, url = start_server(results, "--max-running", "2")
+    try:
+        ids = ["svc-a", "svc-b"]
+        for job_id in ids:
+            body = {"spec": tiny_spec(), "job_id": job_id}
+            r = requests.post(f"{url}/jobs", json=body, headers=auth(), timeout=30)
+            assert r.status_code == 202, r.text
+
+        def ended():
+            states = {
+                j: requests.get(f"{url}/jobs/{j}", headers=auth(), timeout=30).json() for j in ids
+            }
+            busy = [s for s in states.values() if s["state"] in ("queued", "running")]
+            return states if not busy else None
+
+        states = wait_for(ended, 900, "the two served jobs to end", poll=2.0)
+        yield url, results, states
+    finally:
+        stop_server(proc)

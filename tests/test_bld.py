@@ -249,6 +249,16 @@ def test_killed_run_resumes_from_the_cli(tmp_path):
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
     time.sleep(1.0)  # let Ray's own processes notice their driver is gone
+    # the manifest still says "running", but the driver is gone: status and jobs say so
+    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert manifest["state"] == "running"
+    earlier_times = manifest["stage_seconds"]
+    assert {"baseline", "capture"} <= set(earlier_times), earlier_times
+    for command in (["status", "killed"], ["jobs"]):
+        shown = subprocess.run(
+            [*nas, *command, "--results", str(tmp_path)], capture_output=True, text=True, env=env
+        )
+        assert shown.returncode == 0 and "interrupted" in shown.stdout, shown.stdout + shown.stderr
     before = {
         p.name: (p.read_bytes(), p.stat().st_mtime_ns)
         for p in library.glob("L*.json")
@@ -276,6 +286,18 @@ def test_killed_run_resumes_from_the_cli(tmp_path):
     job = tmp_path / "killed"
     manifest = json.loads((job / "manifest.json").read_text())
     assert manifest["state"] == "finished" and "rerank" in manifest["stage_seconds"]
+    for stage, seconds in earlier_times.items():  # times of stages done before are kept
+        assert manifest["stage_seconds"][stage] == seconds, (stage, manifest["stage_seconds"])
+    assert manifest["stage_seconds"]["bld"] > 0
+    again = subprocess.run(  # resuming a finished job changes none of its files
+        [*nas, "resume", "killed", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout + again.stderr
+    assert json.loads((job / "manifest.json").read_text()) == manifest
     alternates = read_alternates(job)
     measured = {p.stem: json.loads(p.read_text())["kl"] for p in (job / "rerank").glob("*.json")}
     assert set(measured) == set(alternates["point_id"])

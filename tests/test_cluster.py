@@ -55,3 +55,13 @@ def test_submit_wait_and_read_front(cluster, tmp_path):
     assert front.returncode == 0, front.stderr
     points = json.loads(front.stdout)
     assert len(points) >= 5 and all(p["strategy"] for p in points)
+
+
+def test_token_auth_failure_says_what_to_set():
+    """The text Ray's dashboard answers a client without a token (ray 2.60
+    ``http_token_authentication.py``) becomes one line naming RAY_AUTH_MODE=token."""
+    from nas.ray_runtime import explain
+
+    line = explain(RuntimeError("Unauthorized: Missing authentication token\n(more lines)"))
+    assert "\n" not in line and "export RAY_AUTH_MODE=token" in line
+    assert explain(ConnectionError("Connection refused")) == "Connection refused"
