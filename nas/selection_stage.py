@@ -62,6 +62,7 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
     from nas.library import library_frame
     from nas.pareto import CandidatePoint, Target, select_front, write_front
+    from nas.selection.errors import SelectionError
 
     t0 = time.perf_counter()
     profiles = job_profiles(spec, store, prepared.parent, report)
@@ -86,25 +87,33 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
     targets = [Target.of(t) for t in spec.targets]
     if len(batches) > 1:  # the same absolute targets at every batch
         targets = [t.absolute(rules, workload) for t in targets]
-    results = {}
+    results, failures = {}, []
     for batch, (problem, work) in problems.items():
-        results[batch] = select_front(
-            problem,
-            targets,
-            [CandidatePoint(p.strategy, p.choices) for p in points] if problem is rules else [],
-            strategies=["puzzle-mip"] if "puzzle-mip" in names else [],
-            solutions_per_budget=spec.strategy.solutions_per_budget,
-            diversity_layers=spec.strategy.diversity_layers,
-            time_limit_s=spec.strategy.time_limit_s,
-            solver=spec.strategy.solver,
-            workload=work,
-            on_infeasible="record",
-        )
+        try:
+            results[batch] = select_front(
+                problem,
+                targets,
+                [CandidatePoint(p.strategy, p.choices) for p in points] if problem is rules else [],
+                strategies=["puzzle-mip"] if "puzzle-mip" in names else [],
+                solutions_per_budget=spec.strategy.solutions_per_budget,
+                diversity_layers=spec.strategy.diversity_layers,
+                time_limit_s=spec.strategy.time_limit_s,
+                solver=spec.strategy.solver,
+                workload=work,
+                on_infeasible="record",
+            )
+        except SelectionError as exc:  # nothing fits at this batch; another one may do
+            if len(batches) == 1:
+                raise
+            failures.append(f"batch {batch}: {exc}")
+    if not results:
+        raise SelectionError("; ".join(failures))
     if len(batches) > 1:
         from nas.batch_search import merge_batches
 
         result = merge_batches(results)
-        report(f"[selection] searched decode batches {batches}")
+        result.meta["infeasible"] += failures
+        report(f"[selection] searched decode batches {batches}: points at {sorted(results)}")
     else:
         result = results[batches[0]]
     write_front(store.dir, result, rules)
