@@ -60,8 +60,82 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         rec = store.read_stage("selection")
         report(f"[selection] done before: {rec['points']} points")
         return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
-    from nas.library import joint_scores, library_frame
+    from nas.library import library_frame
     from nas.pareto import CandidatePoint, Target, select_front, write_front
+    from nas.selection.errors import SelectionError
+
+    t0 = time.perf_counter()
+    profiles = job_profiles(spec, store, prepared.parent, report)
+    by_metric = phase_profiles(profiles)
+    frame = library_frame(store.dir)
+    score = spec.scoring.metric
+    unscored = frame[score].isna() & ~frame["variant"].str.endswith(":parent")
+    if unscored.any():  # variants pruned before BLD (space.prefilter) have no score
+        report(f"[selection] {int(unscored.sum())} unscored (pruned) variants left out")
+        frame = frame[~unscored]
+    # batch size as a searchable option: one problem per decode batch the profiles cover
+    decodes = {p.batch: p for p in reversed(profiles) if p.phase == "decode"}
+    batches = sorted(decodes) or [None]
+    problems = {}
+    for i, batch in enumerate(batches):
+        phases = by_metric | ({"decode_latency_ms": decodes[batch]} if batch else {})
+        name = "library.csv" if i == 0 else f"library_b{batch}.csv"
+        problems[batch] = _problem(spec, store, prepared.parent.shape, frame, phases, name)
+    rules, workload = problems[batches[0]]
+    points = _strategy_points(spec, prepared, rules, by_metric, report)
+    names = spec.strategy.names
+    targets = [Target.of(t) for t in spec.targets]
+    if len(batches) > 1:  # the same absolute targets at every batch
+        targets = [t.absolute(rules, workload) for t in targets]
+    results, failures = {}, []
+    for batch, (problem, work) in problems.items():
+        try:
+            results[batch] = select_front(
+                problem,
+                targets,
+                [CandidatePoint(p.strategy, p.choices) for p in points] if problem is rules else [],
+                strategies=["puzzle-mip"] if "puzzle-mip" in names else [],
+                solutions_per_budget=spec.strategy.solutions_per_budget,
+                diversity_layers=spec.strategy.diversity_layers,
+                time_limit_s=spec.strategy.time_limit_s,
+                solver=spec.strategy.solver,
+                workload=work,
+                on_infeasible="record",
+            )
+        except SelectionError as exc:  # nothing fits at this batch; another one may do
+            if len(batches) == 1:
+                raise
+            failures.append(f"batch {batch}: {exc}")
+    if not results:
+        raise SelectionError("; ".join(failures))
+    if len(batches) > 1:
+        from nas.batch_search import merge_batches
+
+        result = merge_batches(results)
+        result.meta["infeasible"] += failures
+        report(f"[selection] searched decode batches {batches}: points at {sorted(results)}")
+    else:
+        result = results[batches[0]]
+    write_front(store.dir, result, rules)
+    primary = result.meta.get("primary_metric", next(iter(by_metric), "params"))
+    record = {
+        "points": len(result.front),
+        "primary_metric": primary,
+        "profiles": {m: p.describe() for m, p in by_metric.items()},
+        "strategies": list(names),
+        "infeasible": result.meta.get("infeasible", []),
+        "wall_s": time.perf_counter() - t0,
+    }
+    store.write_stage("selection", record)
+    report(f"[selection] {len(result.front)} points on the front in {record['wall_s']:.1f}s")
+    return Selection(record["points"], primary, record["profiles"])
+
+
+def _problem(spec: SearchSpec, store: JobStore, shape, frame, by_metric: dict, name: str):
+    """(problem with the spec's fix / forbid rules, workload) for one set of phase profiles; the
+    problem is written as the job's block-library file ``pareto/NAME`` and read back through the
+    same reader as any user's library (``nas select``)."""
+    from nas.library import joint_scores
     from nas.selection.block_library import read_library, write_library
     from nas.selection.costs import (
         BYTES_PER_VALUE,
@@ -71,23 +145,12 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         profile_latency,
     )
 
-    t0 = time.perf_counter()
-    parent = prepared.parent
-    shape = parent.shape
-    profiles = job_profiles(spec, store, parent, report)
-    by_metric = phase_profiles(profiles)
     latency, fixed = profile_latency(by_metric)
     decode = by_metric.get("decode_latency_ms")
     prefill = by_metric.get("prefill_latency_ms")
-    frame = library_frame(store.dir)
     score = spec.scoring.metric
-    unscored = frame[score].isna() & ~frame["variant"].str.endswith(":parent")
-    if unscored.any():  # variants pruned before BLD (space.prefilter) have no score
-        report(f"[selection] {int(unscored.sum())} unscored (pruned) variants left out")
-        frame = frame[~unscored]
     batch = decode.batch if decode else 1
     value_bytes = BYTES_PER_VALUE[spec.model.dtype]
-    workload = Workload(batch, prefill.batch * prefill.seq if prefill else 1)
     problem = problem_from_library(
         frame,
         num_layers=shape.num_layers,
@@ -114,38 +177,10 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         ),
         joint_scores=joint_scores(store.dir, score) if spec.scoring.blocks == "joint" else None,
     )
-    # the job's block library in the documented file format; selection reads it back like any
-    # user's library (`nas select`)
-    path = write_library(problem, store.path("pareto", "library.csv"), score=score)
+    path = write_library(problem, store.path("pareto", name), score=score)
     problem = read_library(path, score=score)
     rules = problem.restrict(spec.strategy.fix, [_forbidden(f) for f in spec.strategy.forbid])
-    points = _strategy_points(spec, prepared, rules, by_metric, report)
-    names = spec.strategy.names
-    result = select_front(
-        rules,
-        [Target.of(t) for t in spec.targets],
-        [CandidatePoint(p.strategy, p.choices) for p in points],
-        strategies=["puzzle-mip"] if "puzzle-mip" in names else [],
-        solutions_per_budget=spec.strategy.solutions_per_budget,
-        diversity_layers=spec.strategy.diversity_layers,
-        time_limit_s=spec.strategy.time_limit_s,
-        solver=spec.strategy.solver,
-        workload=workload,
-        on_infeasible="record",
-    )
-    write_front(store.dir, result, rules)
-    primary = result.meta.get("primary_metric", next(iter(by_metric), "params"))
-    record = {
-        "points": len(result.front),
-        "primary_metric": primary,
-        "profiles": {m: p.describe() for m, p in by_metric.items()},
-        "strategies": list(names),
-        "infeasible": result.meta.get("infeasible", []),
-        "wall_s": time.perf_counter() - t0,
-    }
-    store.write_stage("selection", record)
-    report(f"[selection] {len(result.front)} points on the front in {record['wall_s']:.1f}s")
-    return Selection(record["points"], primary, record["profiles"])
+    return rules, Workload(batch, prefill.batch * prefill.seq if prefill else 1)
 
 
 def _forbidden(text: str) -> tuple[int | None, str]:

@@ -363,3 +363,39 @@ def test_problem_from_library_with_joint_scores():
     assert problem.cost(both, "params") == problem.fixed("params")
     (best,) = solve_mip(problem, {"params": problem.fixed("params") + 100})
     assert best.choices[0] == ("attention:noop", "ffn:noop")  # 0.4 < 0.3 + 0.5
+
+
+def test_batch_is_a_searchable_option():
+    """Decode problems at batch 8 and 32 (synthetic roofline: a larger batch gives more tokens/s
+    but a larger KV cache): with the same absolute throughput and memory bounds at both, the merged
+    front keeps per request the lower-KL batch, and every point meets the bounds at its batch."""
+    from nas.batch_search import THROUGHPUT, merge_batches
+    from nas.selection.synthetic import llama_problem
+
+    problems = {b: llama_problem(12, decode_batch=b, seed=4) for b in (8, 32)}
+    work = {b: Workload(b) for b in problems}
+    base = problems[8]
+    tps8 = 8000.0 / base.cost(base.parent_indices(), "decode_latency_ms")
+    memory = base.cost(base.parent_indices(), "memory_mib")
+    target = Target(
+        "decode_throughput_tps",
+        (1.2 * tps8, 2.0 * tps8, 3.0 * tps8),
+        False,
+        (Bound("memory_mib", 1.3 * memory),),
+    )
+    results = {
+        b: select_front(p, [target], baselines=(), workload=work[b], on_infeasible="record")
+        for b, p in problems.items()
+    }
+    merged = merge_batches(results)
+    front = merged.front
+    assert set(front["batch"]) <= {8, 32} and merged.meta["batches"] == [8, 32]
+    for _, row in front.iterrows():
+        tps = row["batch"] * 1000 / row["predicted_decode_latency_ms"]
+        assert row[THROUGHPUT] == pytest.approx(tps)
+        assert tps >= float(row["target"].split(">=")[1].split(" ")[0]) * (1 - 1e-6)
+        assert row["memory_mib"] <= 1.3 * memory * (1 + 1e-9)
+        for result in results.values():  # no batch has a better point for this request
+            same = result.front[result.front["target"] == row["target"]]
+            assert (same["predicted_kl"] >= row["predicted_kl"] - 1e-12).all()
+    assert len(set(front["batch"])) == 2  # here both batches win some request

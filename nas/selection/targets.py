@@ -88,6 +88,22 @@ class Target:
             getattr(section, "bound", None),
         )
 
+    def absolute(self, problem: SelectionProblem, workload: Workload) -> Target:
+        """The same target with every relative value turned into its absolute value on
+        ``problem`` (e.g. to apply one target to several batch sizes' problems alike)."""
+        bounds = tuple(
+            Bound(b.metric, b.budget(problem, workload).target_value, b.bound) for b in self.bounds
+        )
+        if self.metric is None:
+            return Target(bounds=bounds)
+        values = tuple(
+            resolve_target(
+                problem, self.metric, v, self.relative, bound=self.bound, workload=workload
+            ).target_value
+            for v in self.values
+        )
+        return Target(self.metric, values, False, bounds, self.bound)
+
     def requests(self, problem: SelectionProblem, workload: Workload) -> list[list[Budget]]:
         """One list of budgets per solve (the swept bound first)."""
         fixed = [b.budget(problem, workload) for b in self.bounds]

@@ -159,9 +159,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        status = 400 if err.get("loc", ("",))[0] == "path" else 422
+        err = (exc.errors() or [{}])[0]
+        loc = tuple(err.get("loc") or ("body",))
+        where = ".".join(str(p) for p in loc)
+        status = 400 if loc[0] == "path" else 422
         return JSONResponse({"detail": f"{where}: {err.get('msg', 'invalid')}"}, status)
 
     @app.get("/health")
