@@ -241,6 +241,26 @@ def pareto(
         err_console.print(f"wrote {plot}", markup=False, highlight=False)
 
 
+@app.command("eval")
+def eval_cmd(
+    job_id: str = typer.Argument(..., help="job id"),
+    point: list[str] | None = typer.Option(
+        None, "--point", help="point id or 'parent' (repeatable; default: parent and every point)"
+    ),
+    tasks: list[str] | None = typer.Option(
+        None, "--tasks", help="lm-eval task (repeatable; default: the local nas_next_word)"
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="at most N items per task"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    results: Path | None = ResultsOpt,
+) -> None:
+    """Downstream accuracy (EleutherAI lm-eval) of the parent and students; `nas pareto` shows it."""
+    from nas import api
+
+    records = api.evaluate(job_id, point, tasks, limit, results, batch_size, report=_say)
+    _say(f"stored lm-eval results of {len(records)} points under {job_id}/eval/")
+
+
 @app.command("profile")
 def profile_cmd(
     model: str | None = typer.Option(None, "--model", help="HF folder, .gguf or smollm2-135m"),

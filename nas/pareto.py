@@ -487,6 +487,7 @@ def front_table(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a compact human table (choices summarised, measured columns when any)."""
     latency = [c for c in frame.columns if c.startswith("predicted_") and c != "predicted_kl"]
     measured = [c for c in MEASURED_COLUMNS if c in frame and frame[c].notna().any()]
+    measured += [c for c in frame.columns if c.startswith("eval_") and frame[c].notna().any()]
     short = [c.removeprefix("predicted_").replace("_latency_ms", " ms") for c in latency]
     header = ["point", "strategy", *short, "params M", "mem MiB", "pred. KL"]
     header += [c.removeprefix("measured_").join(("meas. ", "")) for c in measured] + ["changed"]
