@@ -143,12 +143,19 @@ def evaluate(
     return evaluate_points(store, points, tasks, limit, batch_size, report)
 
 
-def plot_pareto(job_id: str, path: str | Path, results: str | Path | None = None) -> Path:
-    """Write the job's latency-vs-quality plot (``.png`` or ``.html``); returns the path."""
+def plot_pareto(
+    job_id: str,
+    path: str | Path,
+    results: str | Path | None = None,
+    quality: list[str] | None = None,
+) -> Path:
+    """Write the job's latency-vs-quality plot (``.png`` or ``.html``); returns the path.
+    ``quality``: eval sets (``SET`` or ``SET:kl``) to plot against measured latency (default:
+    all of the job's)."""
     from nas.pareto import plot_front
 
     store = JobStore.open(results_root(None, results), job_id)
-    return plot_front(store.dir, path)
+    return plot_front(store.dir, path, quality)
 
 
 def profile(

@@ -220,6 +220,9 @@ def pareto(
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="latency limit"),
     max_memory_mib: float | None = typer.Option(None, "--max-memory-mib", help="memory limit"),
     plot: Path | None = typer.Option(None, "--plot", help="also write a plot (.png or .html)"),
+    quality: list[str] | None = typer.Option(
+        None, "--quality", help="plot: eval set (SET or SET:kl; repeatable; default: all)"
+    ),
     results: Path | None = ResultsOpt,
 ) -> None:
     """Query a job's Pareto front (filters, sorted by latency); optionally plot it."""
@@ -230,7 +233,7 @@ def pareto(
         raise UserError(f"--format must be table, csv or json, got {fmt!r}")
     frame = api.pareto(job_id, results, max_latency_ms, max_memory_mib)
     if plot is not None:
-        api.plot_pareto(job_id, plot, results)
+        api.plot_pareto(job_id, plot, results, quality)
     if fmt == "csv":
         sys.stdout.write(front_csv(frame))
     elif fmt == "json":

@@ -462,13 +462,29 @@ def record_measurement(job_dir: str | Path, point_id: str, **measured: float) ->
     _write_table(front_dir(job_dir), "front", frame)
 
 
-def plot_front(job_dir: str | Path, path: str | Path) -> Path:
-    """Write the latency-vs-quality plot of a stored front: ``.png`` (matplotlib) or ``.html``
-    (self-contained SVG). Shows the parent, the front and the baselines when present."""
+def plot_front(job_dir: str | Path, path: str | Path, quality: list[str] | None = None) -> Path:
+    """Write the latency-vs-quality plot of a stored front: ``.png`` or ``.html`` (inline SVG);
+    see ``nas.pareto_plot`` (``quality``: eval sets of its quality panels)."""
     from nas.pareto_plot import plot
 
     frame = read_front(job_dir)
-    return plot(frame, frame.attrs["meta"], read_baselines(job_dir), Path(path))
+    meta = dict(frame.attrs["meta"])
+    meta["parent"] = _parent_measured(job_dir) | meta.get("parent", {})
+    students = Path(job_dir) / "stages" / "students.json"
+    measured_on = json.loads(students.read_text()).get("profile", "") if students.exists() else ""
+    return plot(frame, meta, read_baselines(job_dir), Path(path), quality, measured_on)
+
+
+def _parent_measured(job_dir: str | Path) -> dict:
+    """The parent's ``measured_*`` columns from the students stage's ``students/parent.json``."""
+    path = Path(job_dir) / "students" / "parent.json"
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    out = {f"measured_{k}": record[k] for k in ("kl", "lm_loss", "perplexity") if k in record}
+    if "median_ms" in record.get("measured_latency", {}):
+        out["measured_latency_ms"] = record["measured_latency"]["median_ms"]
+    return out
 
 
 # --- text forms for the CLI ---------------------------------------------------------------------
