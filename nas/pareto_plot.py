@@ -203,24 +203,35 @@ def _draw(plt, data: Figure):
     return fig
 
 
-def _label(ax, x: float, y: float, text: str, colour: str) -> None:
-    ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, color=colour)
+def _labels(ax, points: list[tuple[float, float, str, str]]) -> None:
+    """Each point's id to its right, moved down in steps of one text line while it would
+    overlap an id already placed (positions compared in pixels, after the axes' limits)."""
+    ax.margins(x=0.06, y=0.08)
+    ax.autoscale_view()
+    placed: list[tuple[float, float]] = []
+    for x, y, text, colour in sorted(points, key=lambda p: (-p[1], p[0])):
+        px, py = ax.transData.transform((x, y))
+        dy = 4.0
+        while any(abs(px - qx) < 75 and abs(py + dy - qy) < 10 for qx, qy in placed):
+            dy -= 10.0
+        placed.append((px, py + dy))
+        ax.annotate(
+            text, (x, y), xytext=(4, dy), textcoords="offset pixels", fontsize=7, color=colour
+        )
 
 
 def _predicted_vs_measured(ax, data: Figure) -> None:
     colours = iter(COLOURS)
     measured_ids = {m[4] for m in data.measured}
+    labels = [(m[2], m[3], m[4], "#333333") for m in data.measured]
     for strategy, points in data.predicted.items():
         colour = next(colours, "#333333")
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         ax.plot(xs, ys, "o-", color=colour, ms=5, label=f"predicted (summed block KL): {strategy}")
-        for px, py, pid in points:
-            if pid not in measured_ids:
-                _label(ax, px, py, pid, colour)
+        labels += [(*p, colour) for p in points if p[2] not in measured_ids]
     if data.measured:
-        for px, py, mx, mk, pid in data.measured:
+        for px, py, mx, mk, _pid in data.measured:
             ax.plot([px, mx], [py, mk], ":", color="#777777", lw=1)
-            _label(ax, mx, mk, pid, "#333333")
         ax.plot(
             [m[2] for m in data.measured],
             [m[3] for m in data.measured],
@@ -251,7 +262,7 @@ def _predicted_vs_measured(ax, data: Figure) -> None:
     ax.set_xlabel(f"{data.x_label}: predicted (filled) or measured (hollow)")
     ax.set_ylabel("KL to the parent (nats/token)")
     ax.set_title("predicted (filled) vs measured (hollow)", fontsize=10)
-    ax.margins(x=0.06, y=0.08)
+    _labels(ax, labels)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
@@ -259,17 +270,15 @@ def _predicted_vs_measured(ax, data: Figure) -> None:
 def _quality_panel(ax, data: Figure, q: Quality, points: list) -> None:
     colour = COLOURS[0]
     if points:
-        ordered = sorted(points)
         ax.plot(
-            [p[0] for p in ordered],
-            [p[1] for p in ordered],
-            "s-",
+            [p[0] for p in points],
+            [p[1] for p in points],
+            "s",
             mfc="none",
             color=colour,
             label="students (measured)",
         )
-        for mx, value, pid in points:
-            _label(ax, mx, value, pid, "#333333")
+
     parent_value = _value(data.parent, q.column)
     if parent_value is not None:
         ax.axhline(
@@ -290,6 +299,6 @@ def _quality_panel(ax, data: Figure, q: Quality, points: list) -> None:
     ax.set_xlabel(f"measured {data.x_label}")
     ax.set_ylabel(q.label)
     ax.set_title(q.label, fontsize=10)
-    ax.margins(x=0.06, y=0.08)
+    _labels(ax, [(*p, "#333333") for p in points])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
