@@ -506,7 +506,10 @@ def front_table(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     measured += [c for c in frame.columns if c.startswith("eval_") and frame[c].notna().any()]
     short = [c.removeprefix("predicted_").replace("_latency_ms", " ms") for c in latency]
     header = ["point", "strategy", *short, "params M", "mem MiB", "pred. KL"]
-    header += [c.removeprefix("measured_").join(("meas. ", "")) for c in measured] + ["changed"]
+    header += [
+        f"lm-eval {c[5:].replace('_', ' ')}" if c.startswith("eval_") else f"meas. {c[9:]}"
+        for c in measured
+    ] + ["changed"]
     rows = []
     for _, r in frame.iterrows():
         changed = sum(1 for a, f in r["choices"] if a != "attention:parent" or f != "ffn:parent")
