@@ -82,7 +82,9 @@ def test_wrapper_generates_the_models_greedy_tokens(stories_parent):
     text = lm.generate_until([request])[0]
     ids = torch.tensor([[lm.prefix_token, *lm.encode(context)]])
     want = stories_parent.tokenizer.decode(parent.generate_greedy(ids, 12)[0].tolist())
-    assert text and want.startswith(text.strip()[:20])
+    assert text == want and len(text) > 20  # no stop string and no EOS within 12 tokens
+    stop = Instance("generate_until", {}, (context, {"until": [want.split()[1]]}), 0)
+    assert lm.generate_until([stop])[0] == want[: want.index(want.split()[1])]
     rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (context,), 0)])[0]
     pair = lm.loglikelihood([Instance("loglikelihood", {}, ("", context), 0)])[0]
     assert rolling == pytest.approx(pair[0], rel=1e-5) and rolling < 0
