@@ -123,14 +123,15 @@ class BlockModelLM(LM):
             ids = torch.zeros((len(rows), width), dtype=torch.long)
             for r, row in enumerate(rows):
                 ids[r, : len(row)] = torch.tensor(row)
-            logprobs = F.log_softmax(self.model(ids).float(), dim=-1)  # (B, width, vocab)
+            hidden = self.model.hidden_states(ids)  # (B, width, hidden), after the final norm
             for r, i in enumerate(batch):
                 continuation = pairs[i][1]
                 n = len(continuation)
                 if n == 0:
                     continue
                 end = len(rows[r])
-                picked = logprobs[r, end - n : end]  # (n, vocab): predictions of each token
+                # (n, vocab): the predictions of the continuation's tokens only
+                picked = F.log_softmax(self.model.lm_head(hidden[r, end - n : end]).float(), -1)
                 target = torch.tensor(continuation)
                 logprob = float(picked.gather(1, target[:, None]).sum())
                 greedy = bool((picked.argmax(-1) == target).all())

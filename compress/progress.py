@@ -40,6 +40,10 @@ def style() -> str:
     return "rich" if sys.stdout.isatty() else "plain"
 
 
+def _now() -> float:
+    return time.monotonic()
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     hours, rest = divmod(seconds, 3600)
@@ -63,7 +67,7 @@ class Bar:
             if env_interval
             else DEFAULT_INTERVAL_S
         )
-        self._t0 = time.monotonic()
+        self._t0 = _now()
         self._last_line = -float("inf")
         self._task = None
 
@@ -76,9 +80,9 @@ class Bar:
         self.update(self.completed + n)
 
     # --- display ----------------------------------------------------------------------------
-    def line(self, final: bool = False) -> str:
+    def line(self, final: bool = False, now: float | None = None) -> str:
         """The plain-style line for the current count."""
-        elapsed = time.monotonic() - self._t0
+        elapsed = (_now() if now is None else now) - self._t0
         if final:
             return f"{self.description}: {self.completed}/{self.total} done in {_clock(elapsed)}"
         text = f"{self.description}: {self.completed}/{self.total}"
@@ -97,10 +101,10 @@ class Bar:
         if self.style == "rich" and self._task is not None:
             _LIVE.progress.update(self._task, completed=self.completed)
         elif self.style == "plain":
-            now = time.monotonic()
+            now = _now()
             if now - self._last_line >= self.interval_s:
                 self._last_line = now
-                self._print(self.line())
+                self._print(self.line(now=now))
 
     def __enter__(self) -> Bar:
         if self.style == "rich":

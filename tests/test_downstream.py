@@ -90,6 +90,29 @@ def test_wrapper_generates_the_models_greedy_tokens(stories_parent):
     assert rolling == pytest.approx(pair[0], rel=1e-5) and rolling < 0
 
 
+@torch.no_grad()
+def test_batched_loglikelihood_equals_one_sequence_at_a_time(stories_parent):
+    from compress.lm_eval_model import BlockModelLM
+
+    parent = stories_parent.adapter
+    lm = BlockModelLM(parent, stories_parent.tokenizer, max_length=512, batch_size=3)
+    texts = [
+        ("Once upon a time there was a", " little girl"),
+        ("The cat sat on the ", "mat"),  # the context's trailing space moves to the continuation
+        ("Tom and Lily went to the park to", " play with a ball"),
+    ]
+    pairs = [lm._split(context, continuation) for context, continuation in texts]
+    assert pairs[1][1] == lm.encode(" mat")[-len(pairs[1][1]) :]
+    for (context, continuation), (logprob, greedy) in zip(
+        pairs, lm.score(pairs, "[t]"), strict=True
+    ):
+        ids = torch.tensor([context + continuation])
+        logits = torch.log_softmax(parent(ids[:, :-1]).float(), -1)[0, len(context) - 1 :]
+        want = logits.gather(1, torch.tensor(continuation)[:, None]).sum()
+        assert logprob == pytest.approx(float(want), abs=1e-4)
+        assert greedy == bool((logits.argmax(-1) == torch.tensor(continuation)).all())
+
+
 def test_one_line_errors(evaluated, tmp_path):
     store, _, _ = evaluated
     with pytest.raises(EvalError, match="unknown lm-eval task 'no_such_task'; local tasks: nas"):
