@@ -465,9 +465,10 @@ def record_measurement(job_dir: str | Path, point_id: str, **measured: float) ->
 def plot_front(job_dir: str | Path, path: str | Path, quality: list[str] | None = None) -> Path:
     """Write the latency-vs-quality plot of a stored front: ``.png`` or ``.html`` (inline SVG);
     see ``nas.pareto_plot`` (``quality``: eval sets of its quality panels)."""
+    from nas.downstream import join_eval
     from nas.pareto_plot import plot
 
-    frame = read_front(job_dir)
+    frame = join_eval(job_dir, read_front(job_dir))
     meta = dict(frame.attrs["meta"])
     meta["parent"] = _parent_measured(job_dir) | meta.get("parent", {})
     students = Path(job_dir) / "stages" / "students.json"

@@ -41,24 +41,30 @@ QUALITY_LABELS = {
     "perplexity": "perplexity",
     "kl": "KL to the parent (nats/token)",
     "lm_loss": "LM loss (nats/token)",
+    "lm-eval": "accuracy",
 }
 CALIBRATION = "calibration eval split"
 
 
 @dataclass(frozen=True)
 class Quality:
-    """One quality panel: ``metric`` on eval set ``name`` (``None``: the calibration split)."""
+    """One quality panel: ``metric`` on eval set ``name`` (``None``: the calibration split), or
+    (``metric="lm-eval"``) the ``nas eval`` column ``name`` (e.g. ``eval_nas_next_word_acc``)."""
 
     name: str | None
     metric: str = "perplexity"
 
     @property
     def column(self) -> str:
+        if self.metric == "lm-eval":
+            return str(self.name)
         base = f"measured_{self.metric}"
         return base if self.name is None else f"{base}@{self.name}"
 
     @property
     def label(self) -> str:
+        if self.metric == "lm-eval":
+            return f"lm-eval {str(self.name).removeprefix('eval_')} (accuracy)"
         return f"{QUALITY_LABELS[self.metric]} on {self.name or CALIBRATION}"
 
 
@@ -75,14 +81,22 @@ class Figure:
     panels: list = field(default_factory=list)  # [(Quality, [(meas x, value, id)])]
 
 
-def parse_quality(names: list[str] | None, meta: dict) -> list[Quality]:
-    """The quality panels: each ``SET`` or ``SET:metric`` of ``names``, else every eval set of
-    the job, else the calibration split. Raises ``SelectionError`` for an unknown set/metric."""
+def parse_quality(
+    names: list[str] | None, meta: dict, columns: list[str] | tuple = ()
+) -> list[Quality]:
+    """The quality panels: each ``SET`` or ``SET:metric`` (or an ``eval_*`` column of
+    ``columns``) of ``names``; else every eval set of the job (the calibration split without
+    any) and every ``eval_*_acc`` column. Raises ``SelectionError`` for an unknown name."""
     sets = list(meta.get("eval_sets") or [])
+    accuracies = [c for c in columns if c.startswith("eval_")]
     if not names:
-        return [Quality(s) for s in sets] or [Quality(None)]
+        default = [Quality(s) for s in sets] or [Quality(None)]
+        return default + [Quality(c, "lm-eval") for c in accuracies if c.endswith("_acc")]
     out = []
     for text in names:
+        if text in accuracies:
+            out.append(Quality(text, "lm-eval"))
+            continue
         name, _, metric = text.partition(":")
         metric = metric or "perplexity"
         if metric not in QUALITY_LABELS:
@@ -91,7 +105,8 @@ def parse_quality(names: list[str] | None, meta: dict) -> list[Quality]:
             )
         if name not in sets:
             known = ", ".join(sets) if sets else "none (its quality is on the calibration split)"
-            raise SelectionError(f"unknown eval set {name!r}; this job's eval sets: {known}")
+            also = f"; lm-eval columns: {', '.join(accuracies)}" if accuracies else ""
+            raise SelectionError(f"unknown eval set {name!r}; this job's eval sets: {known}{also}")
         out.append(Quality(name, metric))
     return out
 
@@ -144,7 +159,7 @@ def figure_data(
                 fig.baselines[str(label)] = list(zip(rows[x], rows["predicted_kl"], strict=True))
     parent = dict(meta.get("parent", {}))
     fig.parent = parent | {"x": parent.get(x)}
-    for q in parse_quality(quality, meta):
+    for q in parse_quality(quality, meta, list(frame.columns)):
         points = [
             (_value(r, measured_x), _value(r, q.column), str(r["point_id"]))
             for _, r in frame.iterrows()

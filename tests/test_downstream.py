@@ -56,7 +56,7 @@ def test_parent_and_students_get_accuracies(evaluated):
         assert stored["columns"]["eval_nas_next_word_acc"] == acc[point]
 
 
-def test_pareto_joins_the_accuracies(evaluated):
+def test_pareto_joins_the_accuracies(evaluated, tmp_path):
     store, records, _ = evaluated
     frame = api.pareto("job1", store.root)
     by_id = dict(zip(frame["point_id"], frame["eval_nas_next_word_acc"], strict=True))
@@ -65,9 +65,10 @@ def test_pareto_joins_the_accuracies(evaluated):
     assert (
         parent["eval_nas_next_word_acc"] == records["parent"]["columns"]["eval_nas_next_word_acc"]
     )
-    assert (
-        "eval_nas_next_word_acc" not in read_front(store)[0]
-    )  # joined, not written into the front
+    # joined, not written into the front
+    assert "eval_nas_next_word_acc" not in read_front(store)[0]
+    page = api.plot_pareto("job1", tmp_path / "front.html", store.root).read_text()
+    assert "lm-eval nas_next_word_acc (accuracy)" in page  # a panel per accuracy column
 
 
 def test_wrapper_generates_the_models_greedy_tokens(stories_parent):
