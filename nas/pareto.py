@@ -464,28 +464,10 @@ def record_measurement(job_dir: str | Path, point_id: str, **measured: float) ->
 
 def plot_front(job_dir: str | Path, path: str | Path, quality: list[str] | None = None) -> Path:
     """Write the latency-vs-quality plot of a stored front: ``.png`` or ``.html`` (inline SVG);
-    see ``nas.pareto_plot`` (``quality``: eval sets of its quality panels)."""
-    from nas.downstream import join_eval
-    from nas.pareto_plot import plot
+    see ``nas.pareto_plot.plot_job`` (``quality``: the sets of its quality panels)."""
+    from nas.pareto_plot import plot_job
 
-    frame = join_eval(job_dir, read_front(job_dir))
-    meta = dict(frame.attrs["meta"])
-    meta["parent"] = _parent_measured(job_dir) | meta.get("parent", {})
-    students = Path(job_dir) / "stages" / "students.json"
-    measured_on = json.loads(students.read_text()).get("profile", "") if students.exists() else ""
-    return plot(frame, meta, read_baselines(job_dir), Path(path), quality, measured_on)
-
-
-def _parent_measured(job_dir: str | Path) -> dict:
-    """The parent's ``measured_*`` columns from the students stage's ``students/parent.json``."""
-    path = Path(job_dir) / "students" / "parent.json"
-    if not path.exists():
-        return {}
-    record = json.loads(path.read_text())
-    out = {f"measured_{k}": record[k] for k in ("kl", "lm_loss", "perplexity") if k in record}
-    if "median_ms" in record.get("measured_latency", {}):
-        out["measured_latency_ms"] = record["measured_latency"]["median_ms"]
-    return out
+    return plot_job(job_dir, Path(path), quality)
 
 
 # --- text forms for the CLI ---------------------------------------------------------------------

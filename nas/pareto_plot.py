@@ -19,6 +19,7 @@ Every point carries its id.
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,34 @@ def plot(
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Pareto front</title></head>\n'
         f"<body>\n{svg}\n</body></html>\n",
     )
+
+
+def plot_job(job_dir: str | Path, path: Path, quality: list[str] | None = None) -> Path:
+    """``plot`` of a job's stored front with its baselines, ``nas eval`` accuracies, the
+    parent's measured columns (``students/parent.json`` when the meta has none) and the
+    students stage's latency setting."""
+    from nas.downstream import join_eval
+    from nas.pareto import read_baselines, read_front
+
+    job_dir = Path(job_dir)
+    frame = join_eval(job_dir, read_front(job_dir))
+    meta = dict(frame.attrs["meta"])
+    meta["parent"] = _parent_measured(job_dir) | meta.get("parent", {})
+    students = job_dir / "stages" / "students.json"
+    measured_on = json.loads(students.read_text()).get("profile", "") if students.exists() else ""
+    return plot(frame, meta, read_baselines(job_dir), path, quality, measured_on)
+
+
+def _parent_measured(job_dir: Path) -> dict:
+    """The parent's ``measured_*`` columns from the students stage's ``students/parent.json``."""
+    path = job_dir / "students" / "parent.json"
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    out = {f"measured_{k}": record[k] for k in ("kl", "lm_loss", "perplexity") if k in record}
+    if "median_ms" in record.get("measured_latency", {}):
+        out["measured_latency_ms"] = record["measured_latency"]["median_ms"]
+    return out
 
 
 def _draw(plt, data: Figure):
