@@ -5,7 +5,7 @@ id of the front) through ``compress.lm_eval_model.BlockModelLM`` and stores one 
 in ``results/<job>/eval/<point>.json``::
 
     {"point_id": ..., "tasks": {task: {"acc": 0.41, "acc_stderr": 0.03, ...}},
-     "samples": {task: items scored}, "limit": N or null, "lm_eval": version,
+     "samples": {task: items scored}, "limits": {task: N or null}, "lm_eval": version,
      "columns": {"eval_<task>_<metric>": value, ...}}
 
 A later run merges into the record (other tasks stay). ``nas pareto`` joins the ``columns`` of
@@ -104,10 +104,11 @@ def store_result(store: JobStore, point_id: str, evaluated: dict, limit) -> dict
         for metric, value in metrics.items()
         if not metric.endswith("_stderr")
     }
+    limits = record.get("limits", {}) | {task: limit for task in evaluated["results"]}
     record.update(
         tasks=tasks,
         samples=samples,
-        limit=limit,
+        limits=limits,
         lm_eval=getattr(lm_eval, "__version__", "unknown"),
         columns=columns,
     )

@@ -45,6 +45,7 @@ def test_parent_and_students_get_accuracies(evaluated):
     acc = {p: r["columns"]["eval_nas_next_word_acc"] for p, r in records.items()}
     assert all(0.0 <= a <= 1.0 for a in acc.values())
     assert records["parent"]["samples"]["nas_next_word"] == LIMIT
+    assert records["parent"]["limits"] == {"nas_next_word": LIMIT}
     # all-parent choices: the same logits, so exactly the parent's accuracy
     assert acc["pp"] == acc["parent"]
     assert records["pp"]["tasks"] == records["parent"]["tasks"]
