@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from compress.errors import DataError
+from compress.progress import track
 
 DEFAULT_SEPARATOR = "\n<|endoftext|>\n"
 
@@ -129,7 +130,7 @@ def generated_calibration(
     n_eval = max(eval_tokens // seq_len, 1)
     total = n_train + n_eval
     rows = []
-    for first in range(0, total, batch_size):
+    for first in track(range(0, total, batch_size), "[data] sampling text from the parent"):
         b = min(batch_size, total - first)
         seq = torch.full((b, 1), start, dtype=torch.long)
         logits, past = model.forward_cached(seq)

@@ -8,17 +8,22 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from compress.progress import track
+
 
 @torch.no_grad()
-def lm_loss(model, sequences: Iterable[torch.Tensor], batch_size: int = 8) -> dict:
+def lm_loss(
+    model, sequences: Iterable[torch.Tensor], batch_size: int = 8, description: str | None = None
+) -> dict:
     """Mean next-token cross-entropy (nats/token) over all predicted positions.
 
     ``sequences`` is a (N, S) tensor or an iterable of 1-D tensors of any length (each is run
     on its own). ``model(ids)`` must return (B, S, vocab) logits. Returns loss, perplexity and
-    the number of predicted tokens.
+    the number of predicted tokens. With ``description``, batches show a progress bar.
     """
     total, count = 0.0, 0
-    for batch in _batches(sequences, batch_size):
+    batches = list(_batches(sequences, batch_size))
+    for batch in track(batches, description) if description else batches:
         logits = model(batch)
         loss = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(),

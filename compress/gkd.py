@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from compress.evaluate import kl_from_logits
 from compress.model import BlockModel
+from compress.progress import track
 
 
 @dataclass(frozen=True)
@@ -107,23 +108,26 @@ def heal_student(
     student.train()
     t0 = time.perf_counter()
     losses = []
-    for step in range(steps):
+    for _step in track(range(steps), "[gkd] steps"):
         if cursor + batch > len(order):
             order, cursor = torch.randperm(train.shape[0], generator=generator), 0
         ids = train[order[cursor : cursor + batch]]
         cursor += batch
-        loss, parts = gkd_loss(student, parent, ids, settings.hidden_weight)
+        loss, _parts = gkd_loss(student, parent, ids, settings.hidden_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
-        if report and (step % max(1, steps // 5) == 0 or step == steps - 1):
-            report(f"[gkd] step {step + 1}/{steps} loss {losses[-1]:.4f} kl {parts['kl']:.4f}")
     student.eval()
     parent.train(was_training)
     record.update(seconds=time.perf_counter() - t0, loss_first=losses[0], loss_last=losses[-1])
+    if report:
+        report(
+            f"[gkd] {steps} steps on {record['tokens']} tokens: loss {losses[0]:.4f} -> "
+            f"{losses[-1]:.4f} in {record['seconds']:.1f}s"
+        )
     if eval_tokens is not None:
         record["eval_kl_after"] = eval_kl(student, parent, eval_tokens)
     return student, record

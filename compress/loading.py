@@ -6,6 +6,7 @@ layer adapter (a ``BlockModel`` sharing the HF model's parameters, no copy).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -118,9 +119,10 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     if pad is not None and not 0 <= pad < config.vocab_size:
         config.pad_token_id = None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, config=config, dtype=dtype
-        )
+        with _gguf_progress():
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, config=config, dtype=dtype
+            )
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load GGUF file {path} with transformers' GGUF reader: {_first_line(exc)} "
@@ -138,6 +140,23 @@ def _load_gguf(path: Path, dtype: torch.dtype):
                 "no tokenizer (tokenizer.model / tokenizer.json) in its folder to use instead"
             ) from None
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _gguf_progress():
+    """transformers' GGUF reader draws its own tqdm bar over the tensors (carriage returns in a
+    log); show the project's progress style instead while it runs."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from compress.progress import track
+
+    original = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = lambda items, *args, **kwargs: track(items, "[load] GGUF tensors")
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
 
 
 def _load_default(name: str, dtype: torch.dtype):

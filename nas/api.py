@@ -116,18 +116,45 @@ def pareto(
 
     Raises ``FrontMissing`` before selection ran and ``NoPointFits`` (naming the smallest
     achievable value) when the limits exclude every point."""
+    from nas.downstream import join_eval
     from nas.pareto import query_front
 
     store = JobStore.open(results_root(None, results), job_id)
-    return query_front(store.dir, max_latency_ms=max_latency_ms, max_memory_mib=max_memory_mib)
+    front = query_front(store.dir, max_latency_ms=max_latency_ms, max_memory_mib=max_memory_mib)
+    return join_eval(store.dir, front)
 
 
-def plot_pareto(job_id: str, path: str | Path, results: str | Path | None = None) -> Path:
-    """Write the job's latency-vs-quality plot (``.png`` or ``.html``); returns the path."""
+def evaluate(
+    job_id: str,
+    points: list[str] | None = None,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    results: str | Path | None = None,
+    batch_size: int = 8,
+    report=print,
+) -> dict[str, dict]:
+    """Downstream accuracy with lm-eval for the parent (``"parent"``) and front points (default:
+    all of them) on ``tasks`` (default: the local ``nas_next_word``); records are stored under
+    ``<job>/eval/`` and joined by ``pareto``. Returns ``{point: record}`` (``nas.downstream``)."""
+    from nas.downstream import evaluate_points
+
+    store = JobStore.open(results_root(None, results), job_id)
+    return evaluate_points(store, points, tasks, limit, batch_size, report)
+
+
+def plot_pareto(
+    job_id: str,
+    path: str | Path,
+    results: str | Path | None = None,
+    quality: list[str] | None = None,
+) -> Path:
+    """Write the job's latency-vs-quality plot (``.png`` or ``.html``); returns the path.
+    ``quality``: eval sets (``SET`` or ``SET:kl``) to plot against measured latency (default:
+    all of the job's)."""
     from nas.pareto import plot_front
 
     store = JobStore.open(results_root(None, results), job_id)
-    return plot_front(store.dir, path)
+    return plot_front(store.dir, path, quality)
 
 
 def profile(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.progress import progress
 from compress.variants import VariantSpec, parse_space
 from nas.errors import JobError
 from nas.ray_runtime import as_completed, task_options
@@ -144,14 +145,14 @@ def stage_capture(spec: SearchSpec, store: JobStore, prepared, report: Report = 
         return Captured(train_dir, heldout_dir, n_train * seq_len, n_held * seq_len)
     t0 = time.perf_counter()
     dtype = spec.bld.activation_dtype
-    with _progress("[capture] parent activations", n_train + n_held) as advance:
+    with progress("[capture] parent activations", n_train + n_held) as bar:
         train_meta = capture(
             adapter,
             splits.train[:n_train],
             train_dir,
             batch_size=spec.scoring.batch_size,
             dtype=dtype,
-            progress=lambda done, total: advance(done),
+            progress=lambda done, total: bar.update(done),
         )
         held_meta = capture(
             adapter,
@@ -159,7 +160,7 @@ def stage_capture(spec: SearchSpec, store: JobStore, prepared, report: Report = 
             heldout_dir,
             batch_size=spec.scoring.batch_size,
             dtype=dtype,
-            progress=lambda done, total: advance(n_train + done),
+            progress=lambda done, total: bar.update(n_train + done),
         )
     wall = time.perf_counter() - t0
     store.write_stage(
@@ -322,10 +323,10 @@ def _run_on_ray(
     }
     done = done_before
     store.set_progress("bld", done, total)
-    with _progress("[bld] variants", total, completed=done_before) as advance:
+    with progress("[bld] variants", total, completed=done_before) as bar:
         for _ in as_completed(pending, "BLD of"):
             done += 1
-            advance(done)
+            bar.update(done)
             store.set_progress("bld", done, total)
 
 
@@ -337,35 +338,3 @@ def _connect_ray(spec: SearchSpec) -> None:
     from nas.ray_runtime import ensure_ray
 
     ensure_ray(spec.ray)
-
-
-class _progress:
-    """A rich progress bar (done/total, elapsed, ETA); yields ``advance(completed)``."""
-
-    def __init__(self, description: str, total: int, completed: int = 0):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._task = self._bar.add_task(description, total=total, completed=completed)
-
-    def __enter__(self):
-        self._bar.start()
-        return lambda completed: self._bar.update(self._task, completed=completed)
-
-    def __exit__(self, *exc) -> None:
-        self._bar.stop()

@@ -243,6 +243,9 @@ def pareto(
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="latency limit"),
     max_memory_mib: float | None = typer.Option(None, "--max-memory-mib", help="memory limit"),
     plot: Path | None = typer.Option(None, "--plot", help="also write a plot (.png or .html)"),
+    quality: list[str] | None = typer.Option(
+        None, "--quality", help="plot: eval set (SET or SET:kl; repeatable; default: all)"
+    ),
     results: Path | None = ResultsOpt,
 ) -> None:
     """Query a job's Pareto front (filters, sorted by latency); optionally plot it."""
@@ -253,7 +256,7 @@ def pareto(
         raise UserError(f"--format must be table, csv or json, got {fmt!r}")
     frame = api.pareto(job_id, results, max_latency_ms, max_memory_mib)
     if plot is not None:
-        api.plot_pareto(job_id, plot, results)
+        api.plot_pareto(job_id, plot, results, quality)
     if fmt == "csv":
         sys.stdout.write(front_csv(frame))
     elif fmt == "json":
@@ -322,6 +325,26 @@ def select_cmd(
         sys.stdout.write(front_json(frame) + "\n")
     else:
         _print_front(str(library), frame)
+
+
+@app.command("eval")
+def eval_cmd(
+    job_id: str = typer.Argument(..., help="job id"),
+    point: list[str] | None = typer.Option(
+        None, "--point", help="point id or 'parent' (repeatable; default: parent and every point)"
+    ),
+    tasks: list[str] | None = typer.Option(
+        None, "--tasks", help="lm-eval task (repeatable; default: the local nas_next_word)"
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="at most N items per task"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    results: Path | None = ResultsOpt,
+) -> None:
+    """Downstream accuracy (EleutherAI lm-eval) of the parent and students; `nas pareto` shows it."""
+    from nas import api
+
+    records = api.evaluate(job_id, point, tasks, limit, results, batch_size, report=_say)
+    _say(f"stored lm-eval results of {len(records)} points under {job_id}/eval/")
 
 
 @app.command("profile")

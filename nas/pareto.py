@@ -484,13 +484,12 @@ def record_measurement(job_dir: str | Path, point_id: str, **measured: float) ->
     _write_table(front_dir(job_dir), "front", frame)
 
 
-def plot_front(job_dir: str | Path, path: str | Path) -> Path:
-    """Write the latency-vs-quality plot of a stored front: ``.png`` (matplotlib) or ``.html``
-    (self-contained SVG). Shows the parent, the front and the baselines when present."""
-    from nas.pareto_plot import plot
+def plot_front(job_dir: str | Path, path: str | Path, quality: list[str] | None = None) -> Path:
+    """Write the latency-vs-quality plot of a stored front: ``.png`` or ``.html`` (inline SVG);
+    see ``nas.pareto_plot.plot_job`` (``quality``: the sets of its quality panels)."""
+    from nas.pareto_plot import plot_job
 
-    frame = read_front(job_dir)
-    return plot(frame, frame.attrs["meta"], read_baselines(job_dir), Path(path))
+    return plot_job(job_dir, Path(path), quality)
 
 
 # --- text forms for the CLI ---------------------------------------------------------------------
@@ -509,9 +508,13 @@ def front_table(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a compact human table (choices summarised, measured columns when any)."""
     latency = [c for c in frame.columns if c.startswith("predicted_") and c != "predicted_kl"]
     measured = [c for c in MEASURED_COLUMNS if c in frame and frame[c].notna().any()]
+    measured += [c for c in frame.columns if c.startswith("eval_") and frame[c].notna().any()]
     short = [c.removeprefix("predicted_").replace("_latency_ms", " ms") for c in latency]
     header = ["point", "strategy", *short, "params M", "mem MiB", "pred. KL"]
-    header += [c.removeprefix("measured_").join(("meas. ", "")) for c in measured] + ["changed"]
+    header += [
+        f"lm-eval {c[5:].replace('_', ' ')}" if c.startswith("eval_") else f"meas. {c[9:]}"
+        for c in measured
+    ] + ["changed"]
     rows = []
     for _, r in frame.iterrows():
         changed = sum(1 for a, f in r["choices"] if a != "attention:parent" or f != "ffn:parent")

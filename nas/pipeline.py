@@ -147,7 +147,9 @@ def stage_baseline(spec: SearchSpec, store: JobStore, report: Report = print) ->
             parent, splits, Baseline(rec["loss"], rec["perplexity"], rec["tokens"], rec["wall_s"])
         )
     t1 = time.perf_counter()
-    result = lm_loss(parent.adapter, splits.eval, batch_size=spec.scoring.batch_size)
+    result = lm_loss(
+        parent.adapter, splits.eval, spec.scoring.batch_size, "[baseline] parent eval loss"
+    )
     baseline = Baseline(
         result["loss"], result["perplexity"], result["tokens"], time.perf_counter() - t1
     )

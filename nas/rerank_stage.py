@@ -45,6 +45,7 @@ def stage_rerank(spec: SearchSpec, store: JobStore, prepared, report=print) -> R
         store.write_stage("rerank", {"budgets": 0, "measured": 0, "changed": 0, "wall_s": 0.0})
         return Rerank(0, 0, 0)
     from compress.measured import KLReference
+    from compress.progress import track
     from compress.student import assemble_student, library_loader
 
     parent = prepared.parent.adapter
@@ -53,7 +54,7 @@ def stage_rerank(spec: SearchSpec, store: JobStore, prepared, report=print) -> R
     load = library_loader(store.path("library"), parent)
     unique = alternates.drop_duplicates("point_id")
     scores: dict[str, float] = {}
-    for i, row in enumerate(unique.to_dict("records")):
+    for i, row in enumerate(track(unique.to_dict("records"), "[rerank] solutions")):
         pid = row["point_id"]
         path = store.path("rerank", f"{pid}.json")
         if path.exists():
@@ -65,10 +66,6 @@ def stage_rerank(spec: SearchSpec, store: JobStore, prepared, report=print) -> R
         scores[pid] = reference.kl(student)
         atomic_write_json(path, {"point_id": pid, "kl": scores[pid], "tokens": int(tokens.numel())})
         store.set_progress("rerank", i + 1, len(unique))
-        report(
-            f"[rerank] {pid} ({row['target']}): predicted KL {row['predicted_kl']:.4f}, "
-            f"measured {scores[pid]:.4f}"
-        )
     front = read_front(store.dir)
     new_front, changed = reranked_front(front, alternates, scores)
     from nas.pareto import rewrite_front

@@ -157,6 +157,7 @@ def stage_scoring(
 def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, total) -> None:
     import ray
 
+    from compress.progress import progress
     from nas.bld_stage import _connect_ray
     from nas.ray_runtime import as_completed, task_options
 
@@ -176,10 +177,11 @@ def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report,
         for layer, variants in sorted(pending.items())
     }
     done = total - sum(len(v) for v in pending.values())
-    for layer, written in as_completed(refs, "scoring layer"):
-        done += len(written)
-        store.set_progress("scoring", done, total)
-        report(f"[scoring] layer {layer}: {len(written)} scored ({done}/{total})")
+    with progress("[scoring] variants", total, completed=done) as bar:
+        for _layer, written in as_completed(refs, "scoring layer"):
+            done += len(written)
+            store.set_progress("scoring", done, total)
+            bar.update(done)
 
 
 _PARENTS: dict = {}

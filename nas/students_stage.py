@@ -30,6 +30,7 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
         report(f"[students] done before: {rec['measured']} points measured")
         return Students(rec["measured"], rec["exported"])
     from compress.measured import profile_latency_fn, quality
+    from compress.progress import track
     from nas.export import build_point, measure_and_record
     from nas.pareto import read_front, read_meta
     from nas.selection_stage import PHASE_METRIC, job_profiles
@@ -60,7 +61,7 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
         q = quality(parent.adapter, parent.adapter, eval_tokens, spec.scoring.batch_size)
         atomic_write_json(parent_file, {"measured_latency": lat, **q})
         report(f"[students] parent: {lat['median_ms']:.2f} ms ({profile.describe()})")
-    for i, point in enumerate(front.to_dict("records")):
+    for i, point in enumerate(track(front.to_dict("records"), "[students] points")):
         pid = point["point_id"]
         folder = store.path("students", pid)
         marker = folder / "measured.json"
