@@ -33,7 +33,8 @@ STRATEGY = "puzzle-mip"
 SOLVERS = ("highs", "cbc")
 # picked by bench/mip_speed.py: HiGHS (in process) is faster on every library measured there
 DEFAULT_SOLVER = "highs"
-# the relative optimality gap HiGHS is asked to prove (its own default is 1e-4)
+# the relative optimality gap the solvers are asked to prove (HiGHS's own default is 1e-4; CBC
+# stopped at up to 8e-6 in bench/mip_speed.py)
 MIP_RTOL = 1e-7
 UNITS = ("attention", "ffn", "block")
 
@@ -261,7 +262,8 @@ def _solver(name: str, time_limit_s: float, threads: int | None, mip_gap: float 
         raise SelectionError(f"unknown MIP solver {name!r}; use one of {', '.join(SOLVERS)}")
     with warnings.catch_warnings():  # PuLP 3.3 deprecates the bundled-CBC class name
         warnings.simplefilter("ignore", DeprecationWarning)
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=threads, gapRel=mip_gap)
+        gap = MIP_RTOL if mip_gap is None else mip_gap  # CBC's own default stops near 1e-5
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=threads, gapRel=gap)
 
 
 def solve_mip(
