@@ -161,7 +161,7 @@ def create_app(results: Path, token: str | None, spec_root: Path | None = None):
         fmt = body.get("format", "onnx")
         out = store.path("exports", f"{point}-{fmt}") if not body.get("out") else Path(body["out"])
         try:
-            paths = api.export_point(job_id, point, fmt, out, results=results)
+            paths = api.export_point(job_id, point, fmt, out, results=results)["files"]
         except UserError as exc:
             raise HTTPException(422, str(exc)) from None
         return {"job_id": job_id, "point": point, "format": fmt, "out": str(out), "files": paths}
