@@ -104,9 +104,9 @@ def plain_layout(blocks: list[dict]) -> tuple[int, int] | None:
 
 def hf_config_for(model: BlockModel, specs, parent_config: dict | None, dtype) -> dict:
     """``config.json`` of the student: plain (parent's architecture) or ``nas_llm``."""
-    from compress.student import architecture_of
+    from compress.student import architecture_of, is_tied
 
-    arch, s = architecture_of(model), model.shape
+    arch, s, tied = architecture_of(model), model.shape, is_tied(model)
     blocks = block_configs(specs, s)
     parent = {k: v for k, v in (parent_config or {}).items() if k not in _DROP}
     dtype_name = str(dtype).removeprefix("torch.")
@@ -119,6 +119,7 @@ def hf_config_for(model: BlockModel, specs, parent_config: dict | None, dtype) -
             "model_type": parent_config.get("model_type", "llama"),
             "num_key_value_heads": kv,
             "intermediate_size": width,
+            "tie_word_embeddings": tied,  # GKD may have untied the LM head
             "torch_dtype": dtype_name,
         }
     return {
@@ -141,7 +142,7 @@ def hf_config_for(model: BlockModel, specs, parent_config: dict | None, dtype) -
         "rms_norm_eps": arch.rms_norm_eps,
         "attention_bias": s.attention_bias,
         "attention_scaling": arch.attention_scaling,
-        "tie_word_embeddings": model.lm_head.weight is model.embed_tokens.weight,
+        "tie_word_embeddings": tied,
         "block_configs": blocks,
         "torch_dtype": dtype_name,
     }

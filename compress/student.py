@@ -243,7 +243,7 @@ class LoadedStudent:
     tokenizer: object | None
 
 
-def _tied(model: BlockModel) -> bool:
+def is_tied(model: BlockModel) -> bool:
     return model.lm_head.weight.data_ptr() == model.embed_tokens.weight.data_ptr()
 
 
@@ -277,7 +277,7 @@ def save_student(
     for index, (a, f) in enumerate(specs):
         _check_module(index, a, model.attention(index), arch)
         _check_module(index, f, model.ffn(index), arch)
-    tied = _tied(model)
+    tied = is_tied(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if tied:
         tensors.pop("lm_head.weight")

@@ -270,6 +270,9 @@ def export_point(
             student, gkd = parent.adapter, None
         else:
             student, gkd = build_point(store, spec, parent, point, report)
+        for stale in folder.glob("*") if folder.is_dir() else []:  # an older, unmarked export
+            if stale.is_file():
+                stale.unlink()
         done = export_student(store, spec, parent, student, point, fmt, folder, precision, report)
         summary.update(done, gkd=gkd, reused=None)
         place(folder, out)

@@ -153,7 +153,8 @@ def create_app(results: Path, token: str | None, spec_root: Path | None = None):
 
     @app.post("/jobs/{job_id}/export", dependencies=[Depends(auth)])
     def export(job_id: str, body: dict[str, Any] = Body(...)) -> dict:
-        """Body: ``{"point": ID, "format": "onnx"|"tensorrt"|"hf", "out": optional folder}``."""
+        """Body: ``{"point": ID or "parent", "format": "onnx"|"tensorrt"|"hf", "out": optional
+        folder, "precision": optional "fp32"|"fp16"|"bf16"}``."""
         from nas import api
 
         store = open_job(job_id)
@@ -161,7 +162,10 @@ def create_app(results: Path, token: str | None, spec_root: Path | None = None):
         fmt = body.get("format", "onnx")
         out = store.path("exports", f"{point}-{fmt}") if not body.get("out") else Path(body["out"])
         try:
-            paths = api.export_point(job_id, point, fmt, out, results=results)["files"]
+            summary = api.export_point(
+                job_id, point, fmt, out, results=results, precision=body.get("precision")
+            )
+            paths = summary["files"]
         except UserError as exc:
             raise HTTPException(422, str(exc)) from None
         return {"job_id": job_id, "point": point, "format": fmt, "out": str(out), "files": paths}
