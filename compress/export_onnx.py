@@ -9,7 +9,7 @@ Layouts (``export_onnx(layout=...)``):
   head_dim); prefill feeds a past of length 0. Outputs: ``logits`` (batch, seq, vocab) and
   ``present.{j}.key`` / ``.value`` of length past + seq. Layers with no-op or linear
   attention have no cache. This is the naming onnxruntime-genai expects
-  (``compress.export_genai`` writes its config).
+  (``compress.export.genai`` writes its config).
 - ``pair`` (TensorRT engines are built from it): ``prefill.onnx`` (``input_ids`` only) and
   ``decode.onnx`` (as ``model.onnx``).
 - ``prefill``: ``prefill.onnx`` only (latency measurement).
@@ -24,7 +24,7 @@ symbolically; tied embeddings stay one initializer) and ``torchscript`` (the dep
 tracer, ``dynamo=False``: about 6x faster to export on a CPU, same onnxruntime speed, but
 stores tied embeddings twice). The export wrapper skips no-op subblocks (their delta is
 zero), so they cost nothing in the graph. Deployed layouts are compacted
-(``compress.onnx_compact``): each weight stored once, whichever exporter wrote it.
+(``compress.export.compact``): each weight stored once, whichever exporter wrote it.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from torch import nn
 from compress.atomic import atomic_write_json
 from compress.blocks import NoopSubblock
 from compress.errors import UserError
+from compress.export.compact import compact_onnx
+from compress.export.parity import greedy_verdict, parity_limits
 from compress.model import BlockModel
-from compress.onnx_compact import compact_onnx
-from compress.parity import greedy_verdict, parity_limits
 
 PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"

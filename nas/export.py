@@ -311,7 +311,7 @@ def export_student(
 
     import torch
 
-    from compress.export_hf import precision_dtype
+    from compress.export.hf import precision_dtype
 
     (out / MARKER).unlink(missing_ok=True)
     summary: dict = {}
@@ -319,7 +319,7 @@ def export_student(
     parent_config = parent.hf_model.config.to_dict()
     choices = point_choices(point)
     if fmt == "hf":
-        from compress.export_hf import export_hf
+        from compress.export.hf import export_hf
 
         summary["hf"] = export_hf(
             student, out, choices, parent.tokenizer, parent_config, spec.model.source,
@@ -327,7 +327,7 @@ def export_student(
         )  # fmt: skip
         report(f"[export] transformers parity: {summary['hf']['parity']['summary']}")
     elif fmt == "onnx":
-        from compress.export_genai import genai_parity, import_genai, write_genai_files
+        from compress.export.genai import genai_parity, import_genai, write_genai_files
         from compress.export_onnx import ExportError, export_onnx
 
         dtype = precision_dtype(precision)

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from compress.export_genai import genai_greedy, write_genai_files
-from compress.export_hf import export_hf
+from compress.export.genai import genai_greedy, write_genai_files
+from compress.export.hf import export_hf
 from compress.export_onnx import export_onnx
 from compress.student import assemble_student, load_student
 from nas.api import clean, export_point

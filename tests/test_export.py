@@ -13,7 +13,7 @@ import torch
 
 from compress.builders import build_variant
 from compress.data import encode_document, read_documents
-from compress.export_genai import genai_greedy, write_genai_files
+from compress.export.genai import genai_greedy, write_genai_files
 from compress.export_onnx import OrtDecoder, export_onnx, ort_prefill_latency
 from compress.library import save_variant
 from compress.measured import measure_point

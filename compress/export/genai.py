@@ -131,7 +131,7 @@ def genai_greedy(folder: str | os.PathLike, prompt_ids, tokens: int) -> np.ndarr
 def genai_parity(model: BlockModel, folder: str | os.PathLike, prompt_ids, tokens: int = 32):
     """Greedy tokens of onnxruntime-genai vs. ``model.generate_greedy`` on ``prompt_ids``
     (first row); stored under ``genai`` in ``parity.json``. Returns the record."""
-    from compress.parity import greedy_verdict, parity_limits
+    from compress.export.parity import greedy_verdict, parity_limits
 
     folder = Path(folder)
     prompt = torch.as_tensor(prompt_ids)[:1].long()

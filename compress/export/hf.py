@@ -8,7 +8,7 @@ Two layouts, chosen per student:
   numbers changed; it needs no remote code.
 - **heterogeneous**: ``config.json`` has ``model_type: nas_llm``, the parent's fields, one
   ``block_configs`` entry per layer and an ``auto_map`` to ``modeling_nas_llm.py``, which is
-  written into the folder (``compress/modeling_nas_llm.py``, self-contained: torch and
+  written into the folder (``compress/export/modeling_nas_llm.py``, self-contained: torch and
   transformers only). Open it with ``trust_remote_code=True``.
 
 Both folders hold ``model.safetensors`` with transformers' tensor names, ``config.json``,
@@ -210,7 +210,7 @@ def hf_parity(model: BlockModel, folder: Path, prompt_ids=None, tokens: int = 32
     returns ``parity.json`` (max logit difference, greedy tokens with the KV cache)."""
     from transformers import AutoModelForCausalLM
 
-    from compress.parity import greedy_verdict, parity_limits
+    from compress.export.parity import greedy_verdict, parity_limits
 
     dtype = model.embed_tokens.weight.dtype
     hf = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
