@@ -192,3 +192,15 @@ def test_nas_export_parent_reuses_the_jobs_export_and_clean(stories_parent, tmp_
     assert store.manifest()["cleaned"]["bytes_after"] == cleaned["bytes_after"]
     assert not store.path("activations").exists()
     assert (held / "model.onnx").is_file() and store.path("library").is_dir()
+
+
+def test_uniformly_narrowed_student_is_a_plain_llama_folder(stories_parent, tmp_path):
+    parent = stories_parent
+    uniform = [["attention:kv_heads=2", "ffn:width=86"]] * 5
+    student = assemble_student(parent.adapter, uniform).eval()
+    config = parent.hf_model.config.to_dict()
+    record = export_hf(student, tmp_path, uniform, parent.tokenizer, config)
+    assert record["layout"] == "LlamaForCausalLM" and record["parity"]["passed"]
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert (written["num_key_value_heads"], written["intermediate_size"]) == (2, 86)
+    assert "auto_map" not in written and not (tmp_path / "modeling_nas_llm.py").exists()
