@@ -104,19 +104,21 @@ def macs_per_token(shape, choices, seq: int) -> float:
 
 
 def timed_side_by_side(paths: dict[str, Path], seq: int, repeats: int, threads, vocab: int):
-    from compress.export_onnx import ort_session
+    from compress.export_onnx import empty_past, ort_session
 
     sessions = {name: ort_session(path, threads) for name, path in paths.items()}
     ids = np.random.default_rng(0).integers(0, vocab, (1, seq), dtype=np.int64)
-    for session in sessions.values():
+    # a decoder graph (model.onnx) takes its prompt with a zero-length past
+    feeds = {name: {"input_ids": ids, **empty_past(s, 1)} for name, s in sessions.items()}
+    for name, session in sessions.items():
         for _ in range(3):
-            session.run(None, {"input_ids": ids})
+            session.run(None, feeds[name])
     times = {name: [] for name in sessions}
     order = list(sessions)
     for r in range(repeats):
         for name in order if r % 2 == 0 else reversed(order):
             t0 = time.perf_counter()
-            sessions[name].run(None, {"input_ids": ids})
+            sessions[name].run(None, feeds[name])
             times[name].append((time.perf_counter() - t0) * 1e3)
     return times
 

@@ -2,7 +2,7 @@
 (issue 8, acceptance 3: the perplexity ratio at about 1.5x measured speed-up).
 
 The students stage already measured each front point once, against a parent timed at the
-start of that stage. Here every ``students/<id>/onnx/prefill.onnx`` of the job (the exact
+start of that stage. Here every ``students/<id>/onnx/model.onnx`` of the job (the exact
 graphs the job shipped, GKD-healed when its spec has ``export.gkd``) and a fresh export of the
 parent are timed in one process, in rounds whose order rotates, at batch 1 and ``--seq``
 tokens with ``--threads`` onnxruntime threads. Quality (KL to the parent, perplexity, eval
@@ -33,17 +33,21 @@ sys.path.insert(0, str(ROOT))
 from bench._report import write_table  # noqa: E402
 
 
-def rotated_rounds(sessions: dict, ids: np.ndarray, repeats: int) -> dict[str, list[float]]:
-    """``repeats`` rounds; round r starts at model r mod n, so no model always runs first."""
+def rotated_rounds(
+    sessions: dict, ids: np.ndarray, repeats: int, feeds: dict | None = None
+) -> dict[str, list[float]]:
+    """``repeats`` rounds; round r starts at model r mod n, so no model always runs first.
+    ``feeds``: per model, its inputs (default ``{"input_ids": ids}``)."""
     names = list(sessions)
-    for session in sessions.values():
+    feeds = {name: (feeds or {}).get(name, {"input_ids": ids}) for name in names}
+    for name, session in sessions.items():
         for _ in range(3):
-            session.run(None, {"input_ids": ids})
+            session.run(None, feeds[name])
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            sessions[name].run(None, {"input_ids": ids})
+            sessions[name].run(None, feeds[name])
             times[name].append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -59,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     job = Path(args.results) / args.job
-    students = sorted(job.glob("students/*/onnx/prefill.onnx"))
+    students = sorted(job.glob("students/*/onnx/model.onnx")) or sorted(
+        job.glob("students/*/onnx/prefill.onnx")  # jobs exported before the decoder layout
+    )
     if not students:
         print(f"error: job {args.job} in {args.results} has no exported students", file=sys.stderr)
         return 2
 
-    from compress.export_onnx import export_onnx, ort_session
+    from compress.export_onnx import empty_past, export_onnx, ort_session
     from nas.export import job_spec
     from nas.store import JobStore
 
@@ -77,14 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="nas-healed-"))
     try:
         exported = export_onnx(
-            parent.adapter, folder, parity=False, decode=False, exporter=spec.export.exporter
+            parent.adapter,
+            folder,
+            parity=False,
+            layout="decoder" if students[0].name == "model.onnx" else "prefill",
+            exporter=spec.export.exporter,
         )
         paths = {"parent": exported.prefill} | {p.parents[1].name: p for p in students}
         sessions = {name: ort_session(path, args.threads) for name, path in paths.items()}
         ids = np.random.default_rng(0).integers(
             0, parent.shape.vocab_size, (1, args.seq), dtype=np.int64
         )
-        times = rotated_rounds(sessions, ids, args.repeats)
+        # a decoder graph (model.onnx) takes its prompt with a zero-length past
+        feeds = {n: {"input_ids": ids, **empty_past(s, 1)} for n, s in sessions.items()}
+        times = rotated_rounds(sessions, ids, args.repeats, feeds)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -1,13 +1,21 @@
-"""ONNX export of a student (or a parent): a prefill graph and a decode graph, with parity.
+"""ONNX export of a student (or a parent), with onnxruntime parity.
 
-- ``prefill.onnx``: ``input_ids`` (batch, seq) -> ``logits`` (batch, seq, vocab) and, for every
-  layer ``i`` whose attention keeps a cache, ``present.{i}.key`` / ``present.{i}.value``
-  (batch, kv_heads_i, seq, head_dim). Layers with no-op or linear attention have no cache.
-- ``decode.onnx``: ``input_ids`` (batch, seq) plus ``past_key_values.{i}.key`` / ``.value``
-  (batch, kv_heads_i, past, head_dim) -> ``logits`` and the ``present.*`` caches of length
-  past + seq.
-- ``export.json``: the input/output names and the cache layout (layer, KV heads, head dim).
-- ``parity.json``: written right after export by ``parity_check`` (onnxruntime vs. torch).
+Layouts (``export_onnx(layout=...)``):
+
+- ``decoder`` (the default, what ``nas export --format onnx`` writes): one graph
+  ``model.onnx`` that serves prefill and decode, so every weight is stored once. Inputs:
+  ``input_ids`` (batch, seq) and, for the ``j``-th layer (in layer order) whose attention
+  keeps a cache, ``past_key_values.{j}.key`` / ``.value`` (batch, kv_heads_j, past,
+  head_dim); prefill feeds a past of length 0. Outputs: ``logits`` (batch, seq, vocab) and
+  ``present.{j}.key`` / ``.value`` of length past + seq. Layers with no-op or linear
+  attention have no cache. This is the naming onnxruntime-genai expects
+  (``compress.export.genai`` writes its config).
+- ``pair`` (TensorRT engines are built from it): ``prefill.onnx`` (``input_ids`` only) and
+  ``decode.onnx`` (as ``model.onnx``).
+- ``prefill``: ``prefill.onnx`` only (latency measurement).
+
+``export.json`` records the layout, the input/output names and the cache layout (layer,
+cache index, KV heads, head dim); ``parity.json`` is written by ``parity_check``.
 
 Batch, sequence and past length are dynamic axes. Both exporters of torch 2.13 work (the
 parity check holds for either): ``dynamo`` (the default, ``torch.onnx.export(dynamo=True)``:
@@ -15,13 +23,15 @@ torch.export traces the attention's ``torch.arange`` positions and boolean causa
 symbolically; tied embeddings stay one initializer) and ``torchscript`` (the deprecated
 tracer, ``dynamo=False``: about 6x faster to export on a CPU, same onnxruntime speed, but
 stores tied embeddings twice). The export wrapper skips no-op subblocks (their delta is
-zero), so they cost nothing in the graph.
+zero), so they cost nothing in the graph. Deployed layouts are compacted
+(``compress.export.compact``): each weight stored once, whichever exporter wrote it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -37,15 +47,15 @@ from torch import nn
 from compress.atomic import atomic_write_json
 from compress.blocks import NoopSubblock
 from compress.errors import UserError
+from compress.export.compact import compact_onnx
+from compress.export.parity import greedy_verdict, parity_limits
 from compress.model import BlockModel
 
 PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"
+DECODER_FILE = "model.onnx"
+LAYOUTS = ("decoder", "pair", "prefill")
 EXPORTERS = ("dynamo", "torchscript")
-TOLERANCE = {"float32": 1e-4}  # max abs logit difference; other dtypes: 5e-2
-# ... or this fraction of the largest reference value: deep fp32 models carry that much
-# rounding noise (smollm2-135m students: torch fp32 vs. fp64 differ by ~1e-5 of the top logit)
-REL_TOLERANCE = 3e-5
 
 
 class ExportError(UserError):
@@ -53,22 +63,30 @@ class ExportError(UserError):
 
 
 def cached_layers(model: BlockModel) -> list[dict]:
-    """Per layer with a KV cache: ``{"layer", "kv_heads", "head_dim"}``, in layer order."""
+    """Per layer with a KV cache: ``{"layer", "cache", "kv_heads", "head_dim"}`` in layer
+    order (``cache``: the index in the graphs' ``past_key_values.{cache}`` names)."""
     out = []
     for i, layer in enumerate(model.layers):
         attn = layer.attention
         if getattr(attn, "has_kv_cache", False):
-            out.append({"layer": i, "kv_heads": attn.num_kv_heads, "head_dim": attn.head_dim})
+            out.append(
+                {
+                    "layer": i,
+                    "cache": len(out),
+                    "kv_heads": attn.num_kv_heads,
+                    "head_dim": attn.head_dim,
+                }
+            )
     return out
 
 
 def cache_names(layers: list[dict], prefix: str) -> list[str]:
-    """``prefix.{i}.key``, ``prefix.{i}.value`` for each cached layer ``i``, in order."""
-    return [f"{prefix}.{c['layer']}.{part}" for c in layers for part in ("key", "value")]
+    """``prefix.{j}.key``, ``prefix.{j}.value`` for each cache index ``j``, in order."""
+    return [f"{prefix}.{c['cache']}.{part}" for c in layers for part in ("key", "value")]
 
 
 class _Graph(nn.Module):
-    """Shared body of both graphs: the model's cached forward, with no-ops left out."""
+    """Shared body of all graphs: the model's cached forward, with no-ops left out."""
 
     def __init__(self, model: BlockModel):
         super().__init__()
@@ -106,9 +124,10 @@ class DecodeGraph(_Graph):
 @dataclass
 class ExportResult:
     out_dir: Path
-    prefill: Path
+    prefill: Path  # the graph that takes a prompt (model.onnx in the decoder layout)
     decode: Path
     parity: dict | None
+    layout: str = "decoder"
 
 
 def export_onnx(
@@ -120,43 +139,55 @@ def export_onnx(
     opset: int | None = None,
     decode: bool = True,
     exporter: str = "dynamo",
+    layout: str = "decoder",
 ) -> ExportResult:
-    """Export ``model`` to ``out_dir`` (prefill, decode, export.json), then check parity.
+    """Export ``model`` to ``out_dir`` in ``layout`` (see the module doc), then check parity.
 
-    The files appear in ``out_dir`` only once both graphs exported (``decode=False``: the
-    prefill graph only). With ``parity``, runs ``parity_check`` and writes ``parity.json``;
-    raises ``ExportError`` if the export or the parity check fails. ``exporter``: one of
-    ``EXPORTERS``.
+    The graph files appear in ``out_dir`` only once all of them exported. ``decode=False``
+    is ``layout="prefill"``. With ``parity``, runs ``parity_check`` and writes
+    ``parity.json``; raises ``ExportError`` if the export or the parity check fails.
+    ``exporter``: one of ``EXPORTERS``.
     """
+    layout = layout if decode else "prefill"
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown ONNX layout {layout!r}; use one of {LAYOUTS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     layers = cached_layers(model)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    files = {"decoder": [DECODER_FILE], "pair": [PREFILL_FILE, DECODE_FILE]}.get(
+        layout, [PREFILL_FILE]
+    )
     try:
         t0 = time.perf_counter()
-        _export_prefill(model, layers, tmp / PREFILL_FILE, opset, exporter)
-        if decode:
-            _export_decode(model, layers, tmp / DECODE_FILE, opset, exporter)
+        if PREFILL_FILE in files:
+            _export_prefill(model, layers, tmp / PREFILL_FILE, opset, exporter)
+        for name in set(files) & {DECODE_FILE, DECODER_FILE}:
+            _export_decode(model, layers, tmp / name, opset, exporter)
+        if layout != "prefill":  # deployed graphs: weights once, no annotations
+            for name in files:
+                compact_onnx(tmp / name)
         seconds = time.perf_counter() - t0
         (out / "parity.json").unlink(missing_ok=True)  # never leave a stale verdict
         for path in sorted(tmp.iterdir()):
             os.replace(path, out / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    prompt_graph = DECODER_FILE if layout == "decoder" else PREFILL_FILE
+    step_graph = {"decoder": DECODER_FILE, "pair": DECODE_FILE}.get(layout)
     atomic_write_json(
         out / "export.json",
         {
-            "prefill": PREFILL_FILE,
-            "decode": DECODE_FILE if decode else None,
+            "layout": layout,
+            "prefill": prompt_graph,
+            "decode": step_graph,
             "dtype": _dtype_name(model),
             "vocab_size": model.shape.vocab_size,
             "num_layers": model.num_layers,
             "cache": layers,
-            "prefill_inputs": ["input_ids"],
-            "prefill_outputs": ["logits", *cache_names(layers, "present")],
-            "decode_inputs": ["input_ids", *cache_names(layers, "past_key_values")],
-            "decode_outputs": ["logits", *cache_names(layers, "present")],
+            "inputs": ["input_ids", *cache_names(layers, "past_key_values")],
+            "outputs": ["logits", *cache_names(layers, "present")],
             "dynamic_axes": {"batch": "dim 0", "seq": "input_ids dim 1", "past": "cache dim 2"},
             "exporter": exporter,
             "export_seconds": seconds,
@@ -165,12 +196,12 @@ def export_onnx(
     )
     record = None
     if parity:
-        record = parity_check(model, out, parity_tokens, prompt_ids, decode=decode)
+        record = parity_check(model, out, parity_tokens, prompt_ids)
         if not record["passed"]:
             raise ExportError(
                 f"ONNX parity failed in {out}: {record['summary']} (see {out / 'parity.json'})"
             )
-    return ExportResult(out, out / PREFILL_FILE, out / DECODE_FILE, record)
+    return ExportResult(out, out / prompt_graph, out / (step_graph or prompt_graph), record, layout)
 
 
 def _quiet_export(fn, *args, **kwargs):
@@ -291,17 +322,34 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def empty_past(session, batch: int, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Zero-length ``past_key_values.*`` inputs of a decoder graph (none for a prefill graph)."""
+    feed = {}
+    for item in session.get_inputs():
+        if item.name.startswith("past_key_values."):
+            kv, head_dim = item.shape[1], item.shape[3]
+            feed[item.name] = np.zeros((batch, kv, 0, head_dim), dtype=_np_dtype(item.type))
+    return feed
+
+
+def _np_dtype(onnx_type: str):
+    return {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(onnx_type, np.float32)
+
+
 class OrtDecoder:
-    """Runs an exported pair of graphs with the KV cache (numpy in, numpy out)."""
+    """Runs an exported folder (decoder or pair layout) with the KV cache (numpy in and out)."""
 
     def __init__(self, out_dir: str | os.PathLike, threads: int | None = None):
         out = Path(out_dir)
-        self.prefill = ort_session(out / PREFILL_FILE, threads)
-        self.decode = ort_session(out / DECODE_FILE, threads)
+        layout = json.loads((out / "export.json").read_text())
+        self.decode = ort_session(out / layout["decode"], threads)
+        same = layout["prefill"] == layout["decode"]
+        self.prefill = self.decode if same else ort_session(out / layout["prefill"], threads)
         self.past_names = [i.name for i in self.decode.get_inputs()][1:]
 
     def run_prefill(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        logits, *present = self.prefill.run(None, {"input_ids": ids})
+        feed = {"input_ids": ids, **empty_past(self.prefill, ids.shape[0])}
+        logits, *present = self.prefill.run(None, feed)
         return logits, present
 
     def run_decode(self, ids: np.ndarray, past: list[np.ndarray]):
@@ -325,39 +373,34 @@ def parity_check(
     out_dir: str | os.PathLike,
     greedy_tokens: int = 32,
     prompt_ids: torch.Tensor | None = None,
-    decode: bool = True,
 ) -> dict:
     """Compare onnxruntime with torch and write ``parity.json``; returns the record.
 
-    Checks: prefill logits (batch 2), one decode step with the cache (and the caches), and
-    ``greedy_tokens`` greedy tokens through onnxruntime vs. ``model.generate_greedy``.
-    A difference passes within the dtype's absolute tolerance (fp32: 1e-4) or within
-    ``REL_TOLERANCE`` of the largest reference value (large models have large logits). A
-    greedy mismatch passes only where torch's top-2 logits are within ten limits (a tie).
+    Checks: prompt logits and caches (batch 2); with a decode graph, one decode step with
+    the cache and ``greedy_tokens`` greedy tokens through onnxruntime vs.
+    ``model.generate_greedy``. Limits per dtype: ``parity_limits``; greedy: ``greedy_verdict``.
     ``prompt_ids`` (B, S) defaults to seeded random tokens; a real text prompt avoids ties.
     """
     out = Path(out_dir)
-    tol = TOLERANCE.get(_dtype_name(model), 5e-2)
+    layout = json.loads((out / "export.json").read_text())
     if prompt_ids is None:
         gen = torch.Generator().manual_seed(0)
         prompt_ids = torch.randint(0, model.shape.vocab_size, (2, 16), generator=gen)
     prompt_ids = prompt_ids.long()
     if prompt_ids.shape[0] == 1:
         prompt_ids = prompt_ids.repeat(2, 1)
-    record: dict = {
-        "tolerance": tol,
-        "dtype": _dtype_name(model),
-        "prompt_shape": list(prompt_ids.shape),
-    }
+    record: dict = {"dtype": _dtype_name(model), "layout": layout["layout"]}
+    record["prompt_shape"] = list(prompt_ids.shape)
     with torch.no_grad():
         ref_logits, ref_past = model.forward_cached(prompt_ids)
-    prefill = ort_session(out / PREFILL_FILE)
-    logits, *present = prefill.run(None, {"input_ids": prompt_ids.numpy()})
-    limit = max(tol, REL_TOLERANCE * float(ref_logits.abs().max()))
+    prefill = ort_session(out / layout["prefill"])
+    feed = {"input_ids": prompt_ids.numpy(), **empty_past(prefill, prompt_ids.shape[0])}
+    logits, *present = prefill.run(None, feed)
+    limit = parity_limits(model.embed_tokens.weight.dtype, ref_logits)
     record["logit_limit"] = limit
     record["prefill_max_abs_diff"] = _max_diff(logits, ref_logits)
     flat_ref = [t for kv in ref_past if kv is not None for t in kv]
-    cache_limit = max([tol] + [REL_TOLERANCE * float(t.abs().max()) for t in flat_ref])
+    cache_limit = max([limit] + [parity_limits(t.dtype, t) for t in flat_ref])
     record["cache_limit"] = cache_limit
     record["prefill_cache_max_abs_diff"] = max(
         (_max_diff(a, b) for a, b in zip(present, flat_ref, strict=True)), default=0.0
@@ -366,7 +409,8 @@ def parity_check(
         record["prefill_max_abs_diff"] <= limit,
         record["prefill_cache_max_abs_diff"] <= cache_limit,
     ]
-    if decode:
+    summary = f"prefill {record['prefill_max_abs_diff']:.2e}"
+    if layout["decode"]:
         runner = OrtDecoder(out)
         token = ref_logits[:, -1].argmax(-1, keepdim=True)
         with torch.no_grad():
@@ -380,34 +424,17 @@ def parity_check(
         first = prompt_ids[:1]
         ref_tokens = model.generate_greedy(first, greedy_tokens).numpy()
         ort_tokens = runner.generate_greedy(first.numpy(), greedy_tokens)
-        equal = ref_tokens == ort_tokens
-        record["greedy_tokens"] = greedy_tokens
-        record["greedy_equal"] = bool(equal.all())
-        mismatch = None if equal.all() else int(np.argmin(equal[0]))
-        record["greedy_first_mismatch"] = mismatch
-        record["greedy_tie"] = False
-        if mismatch is not None:
-            seen = torch.cat([first, torch.as_tensor(ref_tokens[:, :mismatch])], dim=1)
-            with torch.no_grad():
-                top2 = model(seen)[0, -1].float().topk(2).values
-            record["greedy_margin"] = float(top2[0] - top2[1])
-            record["greedy_tie"] = record["greedy_margin"] <= 10 * limit
+        record.update(greedy_verdict(model, first, ref_tokens, ort_tokens, limit))
         checks += [
             record["decode_max_abs_diff"] <= limit,
             record["decode_cache_max_abs_diff"] <= cache_limit,
             record["greedy_equal"] or record["greedy_tie"],
         ]
-    record["passed"] = bool(all(checks))
-    record["summary"] = (
-        f"prefill {record['prefill_max_abs_diff']:.2e}"
-        + (
-            f", decode {record['decode_max_abs_diff']:.2e}, greedy "
-            f"{'equal' if record['greedy_equal'] else 'differs at ' + str(record['greedy_first_mismatch'])}"
-            if decode
-            else ""
+        summary += f", decode {record['decode_max_abs_diff']:.2e}, greedy " + (
+            "equal" if record["greedy_equal"] else f"differs at {record['greedy_first_mismatch']}"
         )
-        + f" (limit {limit:.2g})"
-    )
+    record["passed"] = bool(all(checks))
+    record["summary"] = summary + f" (limit {limit:.2g})"
     atomic_write_json(out / "parity.json", record)
     return record
 
@@ -426,15 +453,16 @@ def ort_prefill_latency(
     vocab_size: int = 2,
     seed: int = 0,
 ) -> dict:
-    """Time a prefill graph in onnxruntime: median, p10 and p90 in ms over ``repeats`` runs."""
+    """Time a prompt (a prefill graph, or a decoder graph with no past) in onnxruntime: median, p10 and p90 in ms over ``repeats`` runs."""
     session = ort_session(onnx_path, threads)
     ids = np.random.default_rng(seed).integers(0, vocab_size, (batch, seq), dtype=np.int64)
+    feed = {"input_ids": ids, **empty_past(session, batch)}
     for _ in range(warmup):
-        session.run(None, {"input_ids": ids})
+        session.run(None, feed)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        session.run(None, {"input_ids": ids})
+        session.run(None, feed)
         times.append((time.perf_counter() - t0) * 1e3)
     return {
         "median_ms": float(np.median(times)),

@@ -139,7 +139,7 @@ def export_tensorrt(
     precision: str = "fp32",
     prompt_ids=None,
 ) -> dict:
-    """ONNX export (``compress.export_onnx``) then one engine per graph, in ``out_dir``.
+    """ONNX export (``compress.export_onnx``, pair layout) then one engine per graph, in ``out_dir``.
 
     TensorRT is checked first, so a machine without it fails in one line before exporting.
     For fp16/bf16 the ONNX graphs are exported from a copy of ``model`` in that dtype and
@@ -158,7 +158,7 @@ def export_tensorrt(
     if precision != "fp32":
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         model = copy.deepcopy(model).to(dtype)
-    export_onnx(model, out, parity=precision == "fp32", prompt_ids=prompt_ids)
+    export_onnx(model, out, parity=precision == "fp32", prompt_ids=prompt_ids, layout="pair")
     records = [
         build_engine(out / PREFILL_FILE, out / "prefill.engine", shapes, precision),
         build_engine(out / DECODE_FILE, out / "decode.engine", shapes, precision, decode=True),

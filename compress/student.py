@@ -243,7 +243,7 @@ class LoadedStudent:
     tokenizer: object | None
 
 
-def _tied(model: BlockModel) -> bool:
+def is_tied(model: BlockModel) -> bool:
     return model.lm_head.weight.data_ptr() == model.embed_tokens.weight.data_ptr()
 
 
@@ -254,13 +254,21 @@ def save_student(
     tokenizer=None,
     parent_source: str | None = None,
     hf_config: dict | None = None,
+    hf_names: bool = False,
+    rotary_in_weights: bool = True,
 ) -> Path:
     """Write the student directory (files written atomically, ``student.json`` last).
 
     ``choices`` default to ``infer_choices(model)``; given ones must match the modules.
-    ``hf_config`` (the parent's HF config as a dict) is kept for reference. Returns the folder.
+    ``hf_config`` (the parent's HF config as a dict) is kept for reference. ``hf_names``:
+    tensors are named as transformers names them (``compress.export.hf.hf_key``) and the
+    rotary frequencies are kept in ``student.json`` too; ``rotary_in_weights=False`` leaves
+    them out of the weight file (a plain ``LlamaForCausalLM`` computes its own). Returns the
+    folder.
     """
     from safetensors.torch import save_file
+
+    from compress.export.hf import hf_key
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,12 +277,15 @@ def save_student(
     for index, (a, f) in enumerate(specs):
         _check_module(index, a, model.attention(index), arch)
         _check_module(index, f, model.ffn(index), arch)
-    tied = _tied(model)
+    tied = is_tied(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if tied:
         tensors.pop("lm_head.weight")
-    if arch.inv_freq is not None:
+    if arch.inv_freq is not None and rotary_in_weights:
         tensors[INV_FREQ_KEY] = arch.inv_freq.float().contiguous()
+    params = sum(t.numel() for k, t in tensors.items() if k != INV_FREQ_KEY)
+    if hf_names:
+        tensors = {hf_key(k): v for k, v in tensors.items()}
     atomic_write(
         out / WEIGHTS_FILE,
         lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "producer": FORMAT}),
@@ -293,9 +304,13 @@ def save_student(
         "tied_embeddings": tied,
         "tokenizer": tokenizer is not None,
         "weights": WEIGHTS_FILE,
-        "params": sum(t.numel() for k, t in tensors.items() if k != INV_FREQ_KEY),
+        "params": params,
         "parent": {"source": parent_source, "hf_config": hf_config},
     }
+    if hf_names:
+        config["weight_names"] = "hf"
+        if arch.inv_freq is not None:
+            config["inv_freq"] = arch.inv_freq.float().tolist()
     atomic_write_json(out / CONFIG_FILE, config)
     return out
 
@@ -331,8 +346,12 @@ def load_student(folder: str | os.PathLike, tokenizer: bool = True) -> LoadedStu
     """
     from safetensors import safe_open
 
+    from compress.export.hf import hf_key
+
     folder = Path(folder)
     config = read_student_config(folder)
+    # tensor name in our modules -> name in the file (transformers' names in an HF folder)
+    stored = hf_key if config.get("weight_names") == "hf" else (lambda name: name)
     try:
         shape = ModelShape.from_dict(config["shape"])
         specs = normalize_choices(config["choices"], shape)
@@ -347,9 +366,13 @@ def load_student(folder: str | os.PathLike, tokenizer: bool = True) -> LoadedStu
     try:
         with safe_open(str(weights), framework="pt") as fh:
             names = set(fh.keys())
-            inv_freq = fh.get_tensor(INV_FREQ_KEY) if INV_FREQ_KEY in names else None
+            rotary_key = stored(INV_FREQ_KEY)
+            inv_freq = fh.get_tensor(rotary_key) if rotary_key in names else None
+            if inv_freq is None and config.get("inv_freq") is not None:
+                inv_freq = torch.tensor(config["inv_freq"], dtype=torch.float32)
             arch = Architecture(shape, hidden_act, eps, scaling, inv_freq)
-            want = _expected_model_shapes(arch, specs, tied)
+            ours = _expected_model_shapes(arch, specs, tied)
+            want = {stored(k): v for k, v in ours.items()}
             missing = sorted(set(want) - names)
             if missing:
                 raise StudentLoadError(
@@ -357,7 +380,7 @@ def load_student(folder: str | os.PathLike, tokenizer: bool = True) -> LoadedStu
                     if len(missing) > 1
                     else f"{weights}: missing tensor {missing[0]}"
                 )
-            extra = sorted(names - set(want) - {INV_FREQ_KEY})
+            extra = sorted(names - set(want) - {rotary_key})
             if extra:
                 raise StudentLoadError(f"{weights}: unexpected tensor {extra[0]} for this config")
             for name, expected in want.items():
@@ -366,7 +389,7 @@ def load_student(folder: str | os.PathLike, tokenizer: bool = True) -> LoadedStu
                     raise StudentLoadError(
                         f"{weights}: tensor {name} has shape {got} but the config needs {expected}"
                     )
-            tensors = {name: fh.get_tensor(name) for name in want}
+            tensors = {name: fh.get_tensor(stored(name)) for name in ours}
     except StudentLoadError:
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt files
@@ -414,7 +437,8 @@ def _load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        # the folder's config.json may name remote code: the tokenizer never needs it
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudentLoadError(f"cannot load the tokenizer files in {folder}: {first}") from None

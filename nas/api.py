@@ -97,13 +97,22 @@ def export_point(
     results: str | Path | None = None,
     precision: str | None = None,
     report=print,
-) -> list[str]:
-    """Export one Pareto point of a job as ``onnx``, ``tensorrt`` or ``hf`` into ``out_dir``;
-    returns the files written. Raises ``JobError`` for a missing job or point."""
+) -> dict:
+    """Export one Pareto point (or ``parent``) of a job as ``onnx``, ``tensorrt`` or ``hf``
+    into ``out_dir``; returns ``nas.export.export_point``'s summary (``files``, ``reused``,
+    ``seconds``, parity records). Raises ``JobError`` for a missing job or point."""
     from nas.export import export_point as _export
 
     store = JobStore.open(results_root(None, results), job_id)
-    return _export(store, point_id, fmt, out_dir, precision=precision, report=report)["files"]
+    return _export(store, point_id, fmt, out_dir, precision=precision, report=report)
+
+
+def clean(job_id: str, results: str | Path | None = None) -> dict:
+    """Remove a finished job's intermediates; returns bytes before/after/freed and what went.
+    Raises ``JobError`` while the job is not finished."""
+    from nas.clean import clean_job
+
+    return clean_job(JobStore.open(results_root(None, results), job_id))
 
 
 def pareto(

@@ -221,19 +221,37 @@ def serve(
 @app.command("export")
 def export_cmd(
     job_id: str = typer.Argument(..., help="job id"),
-    point: str = typer.Option(..., "--point", help="point_id in the job's Pareto table"),
+    point: str = typer.Option(
+        ..., "--point", help="point_id in the job's Pareto table, or 'parent'"
+    ),
     fmt: str = typer.Option("onnx", "--format", help="onnx | tensorrt | hf"),
     out: Path = typer.Option(..., "--out", help="output folder"),
     precision: str | None = typer.Option(
-        None, "--precision", help="tensorrt: fp32 | fp16 | bf16 (default: the spec's)"
+        None, "--precision", help="fp32 | fp16 | bf16 (default: the spec's measure precision)"
     ),
     results: Path | None = ResultsOpt,
 ) -> None:
-    """Export one Pareto point as ONNX graphs, TensorRT engines or a student directory."""
+    """Export one Pareto point (or the parent) as an onnxruntime-genai folder, TensorRT
+    engines or a transformers folder; reuses what the job already exported."""
     from nas import api
 
-    files = api.export_point(job_id, point, fmt, out, results, precision, report=_say)
-    _say(f"wrote {len(files)} files to {out}")
+    summary = api.export_point(job_id, point, fmt, out, results, precision, report=_say)
+    how = f"reused the job's export ({summary['reused']})" if summary["reused"] else "exported"
+    _say(f"wrote {len(summary['files'])} files to {out}: {how} in {summary['seconds']:.1f}s")
+
+
+@app.command()
+def clean(job_id: str = typer.Argument(...), results: Path | None = ResultsOpt) -> None:
+    """Delete a finished job's intermediates (activations, caches); keeps the library,
+    the front and the exported students."""
+    from nas import api
+
+    freed = api.clean(job_id, results)
+    _say(
+        f"job {job_id}: removed {', '.join(freed['removed']) or 'nothing'}; freed "
+        f"{freed['bytes_freed'] / 2**20:.1f} MiB ({freed['bytes_before'] / 2**20:.1f} -> "
+        f"{freed['bytes_after'] / 2**20:.1f} MiB)"
+    )
 
 
 @app.command()

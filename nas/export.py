@@ -1,11 +1,16 @@
 """Exporting a job's Pareto points and recording their measured columns.
 
 ``export_point`` reads the job's Pareto table (``<job>/pareto/front.json``: records with
-``point_id`` and ``choices``, one ``[attention, ffn]`` pair per layer), assembles that student
-from the job's block library, heals it with GKD when the spec asks (``export.gkd``), and
-writes it as ``onnx`` (prefill + decode graphs, parity checked), ``tensorrt`` (engines built
-from those graphs) or ``hf`` (the student directory). ``write_measured`` fills a point's
-``measured_*`` columns in ``front.json`` and ``front.csv`` (through ``nas.pareto``).
+``point_id`` and ``choices``, one ``[attention, ffn]`` pair per layer; ``parent`` names the
+parent itself), assembles that student from the job's block library, heals it with GKD when
+the spec asks (``export.gkd``), and writes it as ``onnx`` (one decoder graph, parity checked,
+ready for onnxruntime-genai), ``tensorrt`` (engines built from prefill/decode graphs) or
+``hf`` (a transformers folder). Every export lands in the job first
+(``students/<id>/<format>``, or ``<format>-<precision>`` for a precision other than the
+spec's) with a ``nas_export.json`` marker; an export the job already holds in that format
+and precision is hard-linked (copied across file systems) to ``--out`` instead of redone.
+``write_measured`` fills a point's ``measured_*`` columns in ``front.json`` and
+``front.csv`` (through ``nas.pareto``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compress.atomic import atomic_write_json
+from compress.errors import UserError
 from nas.errors import JobError, NotFound, RecordCorrupt
 from nas.pareto import MEASURED_COLUMNS
 from nas.selection.errors import FrontMissing
@@ -25,6 +31,9 @@ from nas.spec import SearchSpec
 from nas.store import JobStore, read_json_record
 
 FORMATS = ("onnx", "tensorrt", "hf")
+PRECISIONS = ("fp32", "fp16", "bf16")
+PARENT_POINT = "parent"
+MARKER = "nas_export.json"
 Report = Callable[[str], None]
 
 
@@ -160,6 +169,54 @@ def engine_shapes(spec: SearchSpec):
     return EngineShapes(batch=batch, seq=seq, context=context)
 
 
+def parent_point(num_layers: int) -> dict:
+    """The pseudo point ``parent``: every layer keeps the parent's attention and FFN."""
+    return {"point_id": PARENT_POINT, "choices": [["attention:parent", "ffn:parent"]] * num_layers}
+
+
+def default_precision(spec: SearchSpec) -> str:
+    return spec.hardware.measure.precision if spec.hardware.measure is not None else "fp32"
+
+
+def job_export_dir(store: JobStore, spec: SearchSpec, point_id: str, fmt: str, precision: str):
+    """Where the job keeps ``point_id`` exported in ``fmt`` and ``precision``."""
+    name = fmt if precision == default_precision(spec) else f"{fmt}-{precision}"
+    return store.path("students", str(point_id), name)
+
+
+def held_export(folder: Path, fmt: str, precision: str, choices) -> bool:
+    """Whether ``folder`` holds a finished export of these choices in ``fmt`` and ``precision``."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    same = marker.get("format") == fmt and marker.get("precision") == precision
+    return same and marker.get("choices") == choices
+
+
+def place(src: Path, out: Path) -> str:
+    """Put the files of ``src`` into ``out``: ``linked`` (hard links, same file system),
+    ``copied``, or ``in place`` when they are the same folder."""
+    import os
+    import shutil
+
+    if out.exists() and out.resolve() == src.resolve():
+        return "in place"
+    out.mkdir(parents=True, exist_ok=True)
+    mode = "linked"
+    for path in sorted(src.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        target = out / path.name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+            mode = "copied"
+    return mode
+
+
 def export_point(
     store: JobStore,
     point_id: str,
@@ -168,35 +225,60 @@ def export_point(
     precision: str | None = None,
     report: Report = print,
 ) -> dict:
-    """Export one Pareto point of a job to ``out_dir``; returns a summary record.
+    """Export one Pareto point (or ``parent``) of a job to ``out_dir``; returns a summary.
 
-    Raises ``JobError`` for an unknown format or point, ``LibraryError`` when a chosen
-    variant is not in the library, ``TensorRTUnavailable`` without TensorRT (checked before
-    any work), ``ExportError`` when the ONNX parity check fails.
+    Reuses the job's export of the point in that format and precision when it has one
+    (``summary["reused"]``: ``linked`` / ``copied`` / ``in place``; ``None`` when exported
+    now). Raises ``JobError`` for an unknown format, precision or point, ``LibraryError``
+    when a chosen variant is not in the library, ``TensorRTUnavailable`` without TensorRT
+    (checked before any work), ``ExportError`` when a parity check fails.
     """
+    import time
+
     if fmt not in FORMATS:
         raise JobError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    point = find_point(store, point_id)
+    t0 = time.perf_counter()
     spec = job_spec(store)
-    if precision is None:
-        measure = spec.hardware.measure
-        precision = measure.precision if measure is not None else "fp32"
-    if fmt == "tensorrt":
-        from compress.export_tensorrt import import_tensorrt
-
-        import_tensorrt()
-    from compress.loading import load_parent
-    from nas.pipeline import _dtype
-
+    precision = precision or default_precision(spec)
+    if precision not in PRECISIONS:
+        raise JobError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if str(point_id) != PARENT_POINT:
+        point = find_point(store, point_id)
+        choices = point_choices(point)
+    else:
+        point, choices = None, None  # the parent's layer count comes with the parent
     out = _writable_folder(Path(out_dir))
-    parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
-    student, gkd = build_point(store, spec, parent, point, report)
+    folder = job_export_dir(store, spec, point_id, fmt, precision)
     summary: dict = {"job": store.job_id, "point_id": str(point_id), "format": fmt}
-    summary.update(export_student(store, spec, parent, student, point, fmt, out, precision, report))
-    summary["gkd"] = gkd
-    atomic_write_json(out / "point.json", {**summary, "point": point})
+    summary["precision"] = precision
+    marker = json.loads((folder / MARKER).read_text()) if (folder / MARKER).is_file() else {}
+    if held_export(folder, fmt, precision, choices or marker.get("choices")):
+        summary.update(marker.get("summary", {}), reused=place(folder, out))
+        report(f"[export] reused the job's {folder} ({summary['reused']})")
+    else:
+        if fmt == "tensorrt":
+            from compress.export_tensorrt import import_tensorrt
+
+            import_tensorrt()
+        from compress.loading import load_parent
+        from nas.pipeline import _dtype
+
+        parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
+        if point is None:
+            point = parent_point(parent.shape.num_layers)
+            student, gkd = parent.adapter, None
+        else:
+            student, gkd = build_point(store, spec, parent, point, report)
+        for stale in folder.glob("*") if folder.is_dir() else []:  # an older, unmarked export
+            if stale.is_file():
+                stale.unlink()
+        done = export_student(store, spec, parent, student, point, fmt, folder, precision, report)
+        summary.update(done, gkd=gkd, reused=None)
+        place(folder, out)
+    summary["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / "point.json", {**summary, "point": point or marker.get("point")})
     summary["files"] = sorted(str(f) for f in out.iterdir() if f.is_file() and f.name[0] != ".")
-    report(f"[export] point {point_id} of job {store.job_id} -> {out} ({fmt})")
+    report(f"[export] point {point_id} of job {store.job_id} -> {out} ({fmt}, {precision})")
     return summary
 
 
@@ -235,32 +317,53 @@ def export_student(
     precision: str = "fp32",
     report: Report = print,
 ) -> dict:
-    """Write one built student in one format to ``out``; returns what the export reported
-    (``parity`` for ONNX, ``tensorrt`` for engines, nothing for ``hf``)."""
+    """Write one built student in one format and precision to ``out`` (parity checked) and
+    mark it finished (``nas_export.json``); returns what the export reported."""
+    import copy
+
+    import torch
+
+    from compress.export.hf import precision_dtype
+
+    (out / MARKER).unlink(missing_ok=True)
     summary: dict = {}
+    prompt = job_splits(spec, store, parent).eval[:1, :32]
+    parent_config = parent.hf_model.config.to_dict()
+    choices = point_choices(point)
     if fmt == "hf":
-        from compress.student import save_student
+        from compress.export.hf import export_hf
 
-        save_student(
-            student,
-            out,
-            point_choices(point),
-            tokenizer=parent.tokenizer,
-            parent_source=spec.model.source,
-            hf_config=parent.hf_model.config.to_dict(),
-        )
-    else:
-        prompt = job_splits(spec, store, parent).eval[:1, :32]
-        if fmt == "onnx":
-            from compress.export_onnx import export_onnx
+        summary["hf"] = export_hf(
+            student, out, choices, parent.tokenizer, parent_config, spec.model.source,
+            precision, prompt_ids=prompt,
+        )  # fmt: skip
+        report(f"[export] transformers parity: {summary['hf']['parity']['summary']}")
+    elif fmt == "onnx":
+        from compress.export.genai import genai_parity, import_genai, write_genai_files
+        from compress.export_onnx import ExportError, export_onnx
 
-            result = export_onnx(student, out, prompt_ids=prompt, exporter=spec.export.exporter)
-            summary["parity"] = result.parity
-            report(f"[export] ONNX parity: {result.parity['summary']}")
+        dtype = precision_dtype(precision)
+        model = student if dtype == torch.float32 else copy.deepcopy(student).to(dtype)
+        result = export_onnx(model, out, prompt_ids=prompt, exporter=spec.export.exporter)
+        write_genai_files(model, out, parent.tokenizer, parent_config)
+        summary["parity"] = result.parity
+        report(f"[export] ONNX parity: {result.parity['summary']}")
+        try:
+            import_genai()
+        except UserError as exc:
+            report(f"[export] onnxruntime-genai check skipped: {exc}")
         else:
-            from compress.export_tensorrt import export_tensorrt
+            summary["genai"] = genai_parity(model, out, prompt)
+            if not summary["genai"]["passed"]:
+                raise ExportError(f"onnxruntime-genai greedy tokens differ in {out}")
+            report("[export] onnxruntime-genai: 32 greedy tokens equal")
+    else:
+        from compress.export_tensorrt import export_tensorrt
 
-            summary["tensorrt"] = export_tensorrt(
-                student, out, engine_shapes(spec), precision, prompt_ids=prompt
-            )
+        summary["tensorrt"] = export_tensorrt(
+            student, out, engine_shapes(spec), precision, prompt_ids=prompt
+        )
+    marker = {"format": fmt, "precision": precision, "point_id": str(point["point_id"])}
+    marker.update(choices=choices, point=point, summary=summary)
+    atomic_write_json(out / MARKER, marker)
     return summary

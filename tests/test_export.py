@@ -13,6 +13,7 @@ import torch
 
 from compress.builders import build_variant
 from compress.data import encode_document, read_documents
+from compress.export.genai import genai_greedy, write_genai_files
 from compress.export_onnx import OrtDecoder, export_onnx, ort_prefill_latency
 from compress.library import save_variant
 from compress.measured import measure_point
@@ -58,16 +59,23 @@ def test_onnx_parity_with_noop_attention_and_reduced_kv_heads(exported):
     assert parity["decode_max_abs_diff"] <= 1e-4
     assert parity["greedy_tokens"] == 32 and parity["greedy_equal"]
     layout = json.loads((result.out_dir / "export.json").read_text())
-    assert [(c["layer"], c["kv_heads"]) for c in layout["cache"]] == [(1, 1), (3, 2), (4, 4)]
+    assert layout["layout"] == "decoder" and layout["prefill"] == layout["decode"] == "model.onnx"
+    assert [(c["layer"], c["cache"], c["kv_heads"]) for c in layout["cache"]] == [
+        (1, 0, 1),
+        (3, 1, 2),
+        (4, 2, 4),
+    ]
 
 
 def test_onnx_graphs_have_dynamic_axes_and_per_layer_caches(exported, stories_parent):
     student, result = exported
     runner = OrtDecoder(result.out_dir)
+    assert runner.prefill is runner.decode  # one graph serves prefill and decode
     past_shapes = {i.name: i.shape for i in runner.decode.get_inputs()}
-    assert past_shapes["past_key_values.1.key"][1] == 1
-    assert past_shapes["past_key_values.3.value"][1] == 2
-    assert not any(name.startswith("past_key_values.0") for name in past_shapes)
+    # caches are numbered over the layers that have one (layers 1, 3, 4)
+    assert past_shapes["past_key_values.0.key"][1] == 1
+    assert past_shapes["past_key_values.1.value"][1] == 2
+    assert not any(name.startswith("past_key_values.3") for name in past_shapes)
     # another batch and sequence length than the parity check, then 3 decode tokens at once
     ids = torch.randint(0, 512, (3, 11), generator=torch.Generator().manual_seed(5))
     logits, present = runner.run_prefill(ids.numpy())
@@ -77,6 +85,20 @@ def test_onnx_graphs_have_dynamic_axes_and_per_layer_caches(exported, stories_pa
         full = student(torch.cat([ids, nxt], 1))
     assert np.abs(logits - full[:, :11].numpy()).max() <= 1e-4
     assert np.abs(step - full[:, 11:].numpy()).max() <= 1e-4
+
+
+def test_genai_generates_with_noop_attention_and_mixed_kv_heads(exported, stories_parent):
+    """onnxruntime-genai runs the one decoder graph: caches of 1, 2 and 4 KV heads, and
+    layers 0 and 2 (no-op and linear attention) without any cache."""
+    student, result = exported
+    parent = stories_parent
+    write_genai_files(student, result.out_dir, parent.tokenizer, parent.hf_model.config.to_dict())
+    prompt = _prompt(parent.tokenizer)
+    tokens = genai_greedy(result.out_dir, prompt.numpy(), 32)
+    assert tokens.tolist() == student.generate_greedy(prompt, 32).tolist()
+    size = sum(p.stat().st_size for p in result.out_dir.glob("model.onnx*"))
+    weights = sum({t.data_ptr(): t.numel() * 4 for t in student.state_dict().values()}.values())
+    assert size <= 1.15 * weights
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks its absence")
@@ -110,10 +132,11 @@ def test_measure_point_and_write_measured(exported, stories_parent, tiny_splits,
 
 
 # --- nas export on a job ----------------------------------------------------------------------
-def _job(root, stories_parent) -> JobStore:
+def _job(root, stories_parent, exporter: str = "dynamo") -> JobStore:
     spec = parse_spec(
         {
             "name": "t",
+            "export": {"exporter": exporter},
             "model": {"source": str(STORIES)},
             "data": {
                 "files": [str(TINYSTORIES)],
@@ -203,8 +226,8 @@ def test_nas_export_onnx_writes_parity(stories_parent, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["passed"] and parity["greedy_equal"]
-    assert {"prefill.onnx", "decode.onnx", "export.json", "point.json"} <= {
+    assert parity["passed"] and parity["greedy_equal"] and parity["genai"]["greedy_equal"]
+    assert {"model.onnx", "genai_config.json", "tokenizer.json", "export.json", "point.json"} <= {
         p.name for p in out.iterdir()
     }
 
@@ -213,7 +236,10 @@ def test_nas_export_onnx_writes_parity(stories_parent, tmp_path):
 def test_torchscript_exporter_parity(stories_parent, tmp_path):
     student = assemble_student(stories_parent.adapter, CHOICES).eval()
     prompt = _prompt(stories_parent.tokenizer)
-    result = export_onnx(student, tmp_path, prompt_ids=prompt, exporter="torchscript")
+    result = export_onnx(
+        student, tmp_path, prompt_ids=prompt, exporter="torchscript", layout="pair"
+    )
+    assert result.prefill.name == "prefill.onnx" and result.decode.name == "decode.onnx"
     assert result.parity["prefill_max_abs_diff"] <= 1e-4
     assert result.parity["decode_max_abs_diff"] <= 1e-4
     assert result.parity["greedy_equal"]

@@ -283,11 +283,12 @@ def create_app(
     )
     async def start_export(request: Request, job_id: str = _job_id_param()) -> ExportStatus:
         """Queue an export of one Pareto point into the job's folder (``exports/<point>/<format>``)."""
-        from nas.export import find_point
+        from nas.export import PARENT_POINT, find_point
 
         body = parse_body(await request.body(), ExportRequest)
         store = open_job(job_id)
-        find_point(store, body.point)  # 404/409 now rather than a failed export later
+        if body.point != PARENT_POINT:
+            find_point(store, body.point)  # 404/409 now rather than a failed export later
         key = f"{job_id}/{body.point}/{body.format}"
         out = export_dir(store, body.point, body.format)
         status_path = out.with_name(f"{body.format}.status.json")

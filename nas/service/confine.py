@@ -82,7 +82,7 @@ class JobRequest(BaseModel):
 
 
 class ExportRequest(BaseModel):
-    """Body of ``POST /jobs/{job_id}/exports``."""
+    """Body of ``POST /jobs/{job_id}/exports`` (``point``: a front point's id or ``parent``)."""
 
     model_config = ConfigDict(extra="forbid")
     point: str = Field(..., pattern=JOB_ID_PATTERN, max_length=JOB_ID_MAX)

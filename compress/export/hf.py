@@ -1,0 +1,251 @@
+"""A student as a transformers folder that ``AutoModelForCausalLM.from_pretrained`` opens.
+
+Two layouts, chosen per student:
+
+- **plain**: every layer has grouped-query attention with the same number of KV heads and a
+  gated FFN of the same width (the parent itself, or a uniformly narrowed one). The folder is
+  the parent's own architecture (``LlamaForCausalLM``, ``Qwen2ForCausalLM`` ...) with those two
+  numbers changed; it needs no remote code.
+- **heterogeneous**: ``config.json`` has ``model_type: nas_llm``, the parent's fields, one
+  ``block_configs`` entry per layer and an ``auto_map`` to ``modeling_nas_llm.py``, which is
+  written into the folder (``compress/export/modeling_nas_llm.py``, self-contained: torch and
+  transformers only). Open it with ``trust_remote_code=True``.
+
+Both folders hold ``model.safetensors`` with transformers' tensor names, ``config.json``,
+``generation_config.json``, the tokenizer, ``student.json`` (so ``compress.student
+.load_student`` reads them too) and ``parity.json`` (transformers vs. this project's model).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from compress.atomic import atomic_write_json
+from compress.model import BlockModel
+from compress.variants import VariantSpec
+
+MODELING_FILE = "modeling_nas_llm.py"
+MODEL_TYPE = "nas_llm"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# parent config keys that describe the parent's files, not the architecture
+_DROP = ("architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype")
+_DROP += ("dtype", "quantization_config", "model_type", "_commit_hash")
+
+# our module names -> transformers' (Llama's names; DeciLM's for the linear replacements)
+_KEY_RULES = [
+    (r"^embed_tokens\.", "model.embed_tokens."),
+    (r"^norm\.", "model.norm."),
+    (r"^rotary\.inv_freq$", "model.rotary_emb.inv_freq"),
+    (r"^layers\.(\d+)\.attention\.(input_layernorm|norm)\.", r"model.layers.\1.input_layernorm."),
+    (r"^layers\.(\d+)\.attention\.linear\.", r"model.layers.\1.self_attn.linear_attn."),
+    (r"^layers\.(\d+)\.attention\.", r"model.layers.\1.self_attn."),
+    (
+        r"^layers\.(\d+)\.ffn\.(post_attention_layernorm|norm)\.",
+        r"model.layers.\1.post_attention_layernorm.",
+    ),
+    (r"^layers\.(\d+)\.ffn\.linear\.", r"model.layers.\1.mlp.linear_mlp."),
+    (r"^layers\.(\d+)\.ffn\.", r"model.layers.\1.mlp."),
+]
+
+
+def hf_key(name: str) -> str:
+    """The transformers name of one of our tensors (``lm_head.weight`` stays as it is)."""
+    for pattern, repl in _KEY_RULES:
+        new, count = re.subn(pattern, repl, name)
+        if count:
+            return new
+    return name
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """``fp32`` / ``fp16`` / ``bf16`` -> torch dtype; ``ValueError`` for anything else."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise ValueError(
+            f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}"
+        ) from None
+
+
+def block_configs(specs: Sequence[tuple[VariantSpec, VariantSpec]], shape) -> list[dict]:
+    """One ``{"attention": {...}, "ffn": {...}}`` per layer (the schema in the module doc
+    of ``modeling_nas_llm``; the README maps it to DeciLM's ``block_configs``)."""
+    out = []
+    for attn, ffn in specs:
+        a = {"no_op": attn.type == "noop", "replace_with_linear": attn.type == "linear"}
+        if attn.type in ("parent", "kv_heads"):
+            a["num_key_value_heads"] = attn.kv_heads(shape)
+        f = {"no_op": ffn.type == "noop", "replace_with_linear": ffn.type == "linear"}
+        if ffn.type in ("parent", "width"):
+            f["intermediate_size"] = shape.intermediate_size if ffn.is_parent else ffn.value
+        out.append({"attention": a, "ffn": f})
+    return out
+
+
+def plain_layout(blocks: list[dict]) -> tuple[int, int] | None:
+    """``(kv_heads, ffn width)`` when every layer has the same GQA attention and gated FFN
+    (so the parent's own architecture expresses the student), else ``None``."""
+    pairs = {
+        (b["attention"].get("num_key_value_heads"), b["ffn"].get("intermediate_size"))
+        for b in blocks
+    }
+    if len(pairs) != 1:
+        return None
+    kv, width = next(iter(pairs))
+    return None if kv is None or width is None else (kv, width)
+
+
+def hf_config_for(model: BlockModel, specs, parent_config: dict | None, dtype) -> dict:
+    """``config.json`` of the student: plain (parent's architecture) or ``nas_llm``."""
+    from compress.student import architecture_of, is_tied
+
+    arch, s, tied = architecture_of(model), model.shape, is_tied(model)
+    blocks = block_configs(specs, s)
+    parent = {k: v for k, v in (parent_config or {}).items() if k not in _DROP}
+    dtype_name = str(dtype).removeprefix("torch.")
+    plain = plain_layout(blocks) if parent_config else None
+    if plain is not None:
+        kv, width = plain
+        return {
+            **parent,
+            "architectures": list(parent_config.get("architectures") or ["LlamaForCausalLM"]),
+            "model_type": parent_config.get("model_type", "llama"),
+            "num_key_value_heads": kv,
+            "intermediate_size": width,
+            "tie_word_embeddings": tied,  # GKD may have untied the LM head
+            "torch_dtype": dtype_name,
+        }
+    return {
+        **parent,
+        "architectures": ["NasLlmForCausalLM"],
+        "model_type": MODEL_TYPE,
+        "auto_map": {
+            "AutoConfig": f"{MODELING_FILE[:-3]}.NasLlmConfig",
+            "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.NasLlmForCausalLM",
+        },
+        "parent_model_type": s.model_type,
+        "vocab_size": s.vocab_size,
+        "hidden_size": s.hidden_size,
+        "num_hidden_layers": s.num_layers,
+        "num_attention_heads": s.num_heads,
+        "num_key_value_heads": s.num_kv_heads,
+        "head_dim": s.head_dim,
+        "intermediate_size": s.intermediate_size,
+        "hidden_act": arch.hidden_act,
+        "rms_norm_eps": arch.rms_norm_eps,
+        "attention_bias": s.attention_bias,
+        "attention_scaling": arch.attention_scaling,
+        "tie_word_embeddings": tied,
+        "block_configs": blocks,
+        "torch_dtype": dtype_name,
+    }
+
+
+def _generation_config(parent_config: dict | None) -> dict:
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    out = {k: parent_config[k] for k in keys if parent_config and parent_config.get(k) is not None}
+    return {**out, "do_sample": False}
+
+
+def export_hf(
+    model: BlockModel,
+    out_dir: str | os.PathLike,
+    choices: Sequence | None = None,
+    tokenizer=None,
+    parent_config: dict | None = None,
+    parent_source: str | None = None,
+    precision: str = "fp32",
+    parity: bool = True,
+    prompt_ids: torch.Tensor | None = None,
+) -> dict:
+    """Write ``model`` as a transformers folder in ``precision``; returns a summary record.
+
+    ``parent_config``: the parent's HF config as a dict (its fields are copied; without it
+    the folder is always the ``nas_llm`` layout). With ``parity``, loads the folder with
+    transformers in this process, compares logits and 32 greedy tokens with ``model`` in the
+    same dtype (``compress.export_onnx.parity_limits``) and raises ``ExportError`` on failure.
+    """
+    from compress.export_onnx import ExportError
+    from compress.student import infer_choices, normalize_choices, save_student
+
+    out = Path(out_dir)
+    dtype = precision_dtype(precision)
+    model = copy.deepcopy(model).to(dtype).eval()
+    specs = normalize_choices(choices, model.shape) if choices else infer_choices(model)
+    config = hf_config_for(model, specs, parent_config, dtype)
+    remote = config["model_type"] == MODEL_TYPE
+    save_student(
+        model,
+        out,
+        specs,
+        tokenizer=tokenizer,
+        parent_source=parent_source,
+        hf_config=parent_config,
+        hf_names=True,
+        rotary_in_weights=remote,
+    )
+    (out / MODELING_FILE).unlink(missing_ok=True)
+    if remote:
+        shutil.copyfile(Path(__file__).with_name(MODELING_FILE), out / MODELING_FILE)
+    atomic_write_json(out / "generation_config.json", _generation_config(parent_config))
+    atomic_write_json(out / "config.json", config)
+    record = {"layout": "nas_llm (remote code)" if remote else config["architectures"][0]}
+    record["precision"] = precision
+    if parity:
+        record["parity"] = hf_parity(model, out, prompt_ids)
+        if not record["parity"]["passed"]:
+            raise ExportError(f"transformers parity failed in {out}: {record['parity']['summary']}")
+    return record
+
+
+def hf_parity(model: BlockModel, folder: Path, prompt_ids=None, tokens: int = 32) -> dict:
+    """Load ``folder`` with transformers here and compare it with ``model``; writes and
+    returns ``parity.json`` (max logit difference, greedy tokens with the KV cache)."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.export.parity import greedy_verdict, parity_limits
+
+    dtype = model.embed_tokens.weight.dtype
+    hf = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+    if prompt_ids is None:
+        gen = torch.Generator().manual_seed(0)
+        prompt_ids = torch.randint(0, model.shape.vocab_size, (1, 16), generator=gen)
+    prompt_ids = prompt_ids[:1].long()
+    with torch.no_grad():
+        ref = model(prompt_ids)
+        got = hf(prompt_ids).logits
+        ours = model.generate_greedy(prompt_ids, tokens)
+        theirs = hf_greedy(hf, prompt_ids, tokens)
+    limit = parity_limits(dtype, ref)
+    diff = float((got.double() - ref.double()).abs().max())
+    record = {"dtype": str(dtype).removeprefix("torch."), "logit_limit": limit}
+    record["max_abs_diff"] = diff
+    record.update(greedy_verdict(model, prompt_ids, ours.numpy(), theirs.numpy(), limit))
+    record["passed"] = diff <= limit and (record["greedy_equal"] or record["greedy_tie"])
+    record["summary"] = f"logits {diff:.2e} (limit {limit:.2g}), greedy " + (
+        "equal" if record["greedy_equal"] else f"differs at {record['greedy_first_mismatch']}"
+    )
+    atomic_write_json(folder / "parity.json", record)
+    return record
+
+
+def hf_greedy(hf_model, prompt_ids: torch.Tensor, tokens: int) -> torch.Tensor:
+    """``tokens`` greedy tokens from ``generate`` with the KV cache (``eos_token_id=None``:
+    it never stops early)."""
+    out = hf_model.generate(
+        prompt_ids,
+        attention_mask=torch.ones_like(prompt_ids),
+        max_new_tokens=tokens,
+        do_sample=False,
+        use_cache=True,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[:, prompt_ids.shape[1] :]
