@@ -115,10 +115,35 @@ def _known_metric(metric: str | None) -> str | None:
     return metric
 
 
+def _metric_names(schema: dict) -> None:
+    """JSON schema of a metric field: the names ``_known_metric`` accepts (and null where the
+    field is optional)."""
+    from nas.selection.costs import TARGET_METRICS
+
+    optional = "anyOf" in schema
+    schema.clear()
+    schema["enum"] = [*TARGET_METRICS, *([None] if optional else [])]
+
+
 class BoundSection(_Section):
     """A bound held in every solve of a target: ``min`` and/or ``max`` of one metric."""
 
-    metric: str = Field(..., min_length=1, description="a cost metric or human target, by name")
+    # the schema says what the validators check, so a schema-valid spec is a valid one
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"min": {"type": "number"}}, "required": ["min"]},
+                {"properties": {"max": {"type": "number"}}, "required": ["max"]},
+            ]
+        }
+    )
+
+    metric: str = Field(
+        ...,
+        min_length=1,
+        description="a cost metric or human target, by name",
+        json_schema_extra=_metric_names,
+    )
     min: float | None = None
     max: float | None = None
     relative: bool | None = Field(None, description="default: the target's relative")
@@ -139,7 +164,26 @@ class TargetSection(_Section):
     kv_cache_mib, decode_throughput_tps (alias throughput_tps), prefill_throughput_tps, ttft_ms, or
     any custom cost metric by name."""
 
-    metric: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "properties": {"metric": {"type": "string"}, "values": {"type": "array"}},
+                    "required": ["metric", "values"],
+                },
+                {
+                    "properties": {
+                        "metric": {"type": "null"},
+                        "values": {"type": "null"},
+                        "bounds": {"minItems": 1},
+                    },
+                    "required": ["bounds"],
+                },
+            ]
+        }
+    )
+
+    metric: str | None = Field(None, json_schema_extra=_metric_names)
     values: list[float] | None = Field(None, min_length=1)
     relative: bool = True
     bound: Literal["max", "min"] | None = Field(
@@ -175,7 +219,10 @@ class StrategySection(_Section):
         "highs", description="MIP solver (HiGHS in process; measured faster in bench/mip_speed.py)"
     )
     fix: dict[int, list[str]] = Field(
-        default_factory=dict, description="layer -> variants it must use, e.g. {0: [ffn:parent]}"
+        default_factory=dict,
+        description="layer -> variants it must use, e.g. {0: [ffn:parent]}",
+        # JSON object keys are strings: the schema says they are layer numbers
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,6}$"}},
     )
     forbid: list[str] = Field(
         default_factory=list,
@@ -183,6 +230,14 @@ class StrategySection(_Section):
     )
     keep_last_layers: int = Field(0, ge=0)
     trials: int = Field(32, ge=1, description="diswot-evolution trials")
+
+    @field_validator("fix", mode="before")
+    @classmethod
+    def _layer_keys(cls, value):
+        """JSON keys are strings: ``{"3": [...]}`` names layer 3 as ``{3: [...]}`` does."""
+        if isinstance(value, dict):
+            return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
+        return value
 
 
 class GKDSection(_Section):
