@@ -106,6 +106,9 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         batch=decode.batch if decode else 1,
         on_infeasible="record",
     )
+    from nas.eval_sets import front_meta_fields
+
+    result.meta.update(front_meta_fields(spec))
     write_front(store.dir, result, problem)
     primary = result.meta.get("primary_metric", next(iter(by_metric), "params"))
     record = {
