@@ -67,7 +67,7 @@ class Generation:
     model: object
     cache_dir: Path | None = None
     parent_key: str | None = None
-    batch_size: int = 8
+    batch_size: int = 32  # sampling is bound by reading the weights: bigger batches are cheaper
     progress: Progress | None = None
 
 
