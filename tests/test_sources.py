@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -158,13 +159,15 @@ def _tiny_spec(tmp_path, eval_sets) -> str:
     return str(path)
 
 
-def _nas(*args):
+def _nas(*args, cache=None):
+    env = os.environ | ({"NAS_CACHE": str(cache)} if cache else {})  # generated text goes there
     return subprocess.run(
         [sys.executable, "-m", "nas.cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=900,
+        env=env,
     )
 
 
@@ -172,9 +175,10 @@ def test_run_measures_every_point_and_the_parent_on_each_eval_set(tmp_path):
     need_shared_data()
     stories = str(TINYSTORIES)
     overlap = [{"name": "dup", "kind": "files", "files": [stories], "documents": [250, 320]}]
-    out = _nas("run", _tiny_spec(tmp_path, overlap), "--results", tmp_path / "r1")
-    lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(lines) == 1 and "eval set 'dup' shares 50" in lines[0]
+    for command in (["validate"], ["run", "--results", tmp_path / "r1"]):
+        out = _nas(command[0], _tiny_spec(tmp_path, overlap), *command[1:])
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and "eval set 'dup' shares 50" in lines[0]
     sets = [
         {
             "name": "held",
@@ -186,7 +190,7 @@ def test_run_measures_every_point_and_the_parent_on_each_eval_set(tmp_path):
         {"name": "own", "kind": "generated", "tokens": 256},
     ]
     spec = _tiny_spec(tmp_path, sets)
-    out = _nas("run", spec, "--job-id", "mix", "--results", tmp_path / "r")
+    out = _nas("run", spec, "--job-id", "mix", "--results", tmp_path / "r", cache=tmp_path / "c")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ppl@held" in out.stdout and "calibration eval split (files:" in out.stdout
     manifest = json.loads((tmp_path / "r" / "mix" / "manifest.json").read_text())
@@ -204,7 +208,7 @@ def test_run_measures_every_point_and_the_parent_on_each_eval_set(tmp_path):
     assert meta["objective_kl_source"].startswith("calibration eval split (files:tinystories")
     # resuming reuses the stored calibration and eval tokens (no sampling again)
     before = (tmp_path / "r" / "mix" / "data" / "eval__own.safetensors").stat().st_mtime_ns
-    out = _nas("resume", "mix", "--results", tmp_path / "r")
+    out = _nas("resume", "mix", "--results", tmp_path / "r", cache=tmp_path / "c")
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "r" / "mix" / "data" / "eval__own.safetensors").stat().st_mtime_ns == before
 
