@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -207,11 +208,11 @@ def _pack(ids: list[int], seq_len: int, max_tokens: int) -> torch.Tensor:
 
 
 def generation_cache_key(
-    parent_key: str, seed: int, sequences: int, seq_len: int, temperature: float
+    parent_key: str, seed: int, sequences: int, seq_len: int, temperature: float, batch_size: int
 ) -> str:
     """The file stem generated text is cached under: a hash of (parent, seed, tokens, ...)."""
     blob = json.dumps(
-        [parent_key, seed, sequences, seq_len, temperature, OPENINGS], sort_keys=True
+        [parent_key, seed, sequences, seq_len, temperature, batch_size, OPENINGS], sort_keys=True
     ).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -231,40 +232,53 @@ def generate_sequences(
 ) -> torch.Tensor:
     """(sequences, seq_len) token ids sampled from the parent (``model``: a ``BlockModel``).
 
-    Row i starts with an opening from ``OPENINGS`` (chosen with ``seed``; fed as given, at
+    Row i starts with an opening from ``OPENINGS`` (chosen with ``seed`` and its batch; fed as given, at
     most half the row) and continues with tokens sampled at ``temperature``, the whole batch
     at once with the KV cache. The same parent, seed and sizes give the same tokens. With
     ``cache_dir`` and ``parent_key`` the result is stored there and read back on the next call
-    (no sampling). ``progress(done, total)`` is called after each batch.
+    (no sampling); until then each finished batch is kept in ``<key>.parts/``, so an interrupted
+    call resumes at the first missing batch. ``progress(done, total)`` is called after each batch.
     """
     from safetensors.torch import load_file, save_file
 
     from compress.atomic import atomic_write
 
-    path = None
+    path = chunks = None
     if cache_dir is not None and parent_key is not None:
-        key = generation_cache_key(parent_key, seed, sequences, seq_len, temperature)
+        key = generation_cache_key(parent_key, seed, sequences, seq_len, temperature, batch_size)
         path = Path(cache_dir) / f"{key}.safetensors"
+        chunks = Path(cache_dir) / f"{key}.parts"  # one file per finished batch until the end
         if path.exists():
             if progress is not None:
                 progress(sequences, sequences)
             return load_file(str(path))["tokens"]
-    rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
     fallback = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
     rows = []
     for first in range(0, sequences, batch_size):
         count = min(batch_size, sequences - first)
-        openings = [
-            (encode_document(tokenizer, rng.choice(OPENINGS)) or [fallback])[: max(1, seq_len // 2)]
-            for _ in range(count)
-        ]
-        rows.append(_sample_batch(model, openings, seq_len, temperature, generator))
+        part = chunks / f"{first:07d}.safetensors" if chunks is not None else None
+        if part is not None and part.exists():
+            rows.append(load_file(str(part))["tokens"])
+        else:
+            rng = random.Random(f"{seed}:{first}")  # per batch, so a resumed run continues
+            openings = [
+                (encode_document(tokenizer, rng.choice(OPENINGS)) or [fallback])[
+                    : seq_len // 2 or 1
+                ]
+                for _ in range(count)
+            ]
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + first)
+            rows.append(_sample_batch(model, openings, seq_len, temperature, generator))
+            if part is not None:
+                part.parent.mkdir(parents=True, exist_ok=True)
+                batch = rows[-1].contiguous()
+                atomic_write(part, lambda tmp, b=batch: save_file({"tokens": b}, str(tmp)))
         if progress is not None:
             progress(first + count, sequences)
     tokens = torch.cat(rows) if rows else torch.zeros((0, seq_len), dtype=torch.long)
     if path is not None:
         atomic_write(path, lambda tmp: save_file({"tokens": tokens.contiguous()}, str(tmp)))
+        shutil.rmtree(chunks, ignore_errors=True)
     return tokens
 
 

@@ -11,10 +11,16 @@ import sys
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from compress.data import Generation, eval_set_tokens, mixed_calibration
 from compress.errors import DataError
-from compress.sources import check_disjoint, generation_cache_key, source_documents
+from compress.sources import (
+    check_disjoint,
+    generate_sequences,
+    generation_cache_key,
+    source_documents,
+)
 from nas.errors import SpecError
 from nas.spec import BUILTIN_DATA, load_spec, parse_spec
 from tests.conftest import QUICKSTART_SPEC, ROOT, STORIES, TINY_SPEC, TINYSTORIES, need_shared_data
@@ -100,8 +106,24 @@ def test_tokens_follow_the_weights_and_generated_text_is_cached(stories_parent, 
     first = {tuple(r.tolist()) for r in splits.train[:16]}
     assert len(first) == 16
     cached = list((tmp_path / "gen").glob("*.safetensors"))
-    key = generation_cache_key("stories260K", 2000, 20, 32, 0.8)
+    key = generation_cache_key("stories260K", 2000, 20, 32, 0.8, 32)
     assert [p.stem for p in cached] == [key] and calls[-1] == 20
+    assert not list((tmp_path / "gen").glob("*.parts"))  # per-batch parts removed once complete
+    # an interrupted run resumes at the first missing batch: the same tokens, fewer sampled
+    # (batches of 8: the third of three is sampled again, the first two are read back)
+    parts = []
+    resumed = Generation(stories_parent.adapter, tmp_path / "g2", "k", batch_size=8)
+    src = spec.data.sources[2]
+    args = (tok, 20, 32, 7, src.temperature, 8, resumed.cache_dir, "k")
+    full = generate_sequences(stories_parent.adapter, *args)
+    key2 = generation_cache_key("k", 7, 20, 32, src.temperature, 8)
+    (tmp_path / "g2" / f"{key2}.safetensors").unlink()
+    folder = tmp_path / "g2" / f"{key2}.parts"
+    folder.mkdir()
+    for first, rows in ((0, full[:8]), (8, full[8:16])):
+        save_file({"tokens": rows.contiguous()}, str(folder / f"{first:07d}.safetensors"))
+    again = generate_sequences(stories_parent.adapter, *args, progress=lambda d, t: parts.append(d))
+    assert torch.equal(again, full) and parts == [8, 16, 20]
     # the second time the samples come from the cache: no model is needed at all
     again, _ = mixed_calibration(
         list(spec.data.sources),
