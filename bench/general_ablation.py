@@ -14,7 +14,7 @@ every recipe without and with GKD. Cut from this ablation: separate data for sco
 and GKD (all stages read the job's one calibration split), and GKD on generated text only.
 
     python bench/general_ablation.py [--spec bench/specs/ablation_tiny.yaml] [--results results]
-        [--seq 256] [--repeats 20] [--only RECIPE ...]
+        [--seq 256] [--repeats 20] [--only RECIPE ...] [--jobs-only]
 
 Writes the jobs under RESULTS and results/bench/general_ablation.md (+ _best.md).
 """
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--only", nargs="*", choices=RECIPES, default=list(RECIPES))
+    ap.add_argument("--jobs-only", action="store_true", help="run the jobs, not the bench")
     args = ap.parse_args(argv)
     spec_path = Path(args.spec)
     base = _absolute(yaml.safe_load(spec_path.read_text()), spec_path.parent)
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: job {job} failed (exit {code})", file=sys.stderr)
                 return 1
         jobs += ["--job", f"{recipe}={job}"]
+    if args.jobs_only:
+        return 0
     return subprocess.call(
         [
             sys.executable,

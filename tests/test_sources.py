@@ -154,7 +154,7 @@ def test_eval_sets_overlapping_calibration_are_refused(stories_parent, jsonl, tm
     assert tokens.shape == (8, 32)
 
 
-def _tiny_spec(tmp_path, eval_sets) -> str:
+def _tiny_spec(tmp_path, eval_sets, jsonl) -> str:
     spec = yaml.safe_load(TINY_SPEC.read_text())
     base = TINY_SPEC.parent
     spec["model"]["source"] = str((base / spec["model"]["source"]).resolve())
@@ -164,7 +164,8 @@ def _tiny_spec(tmp_path, eval_sets) -> str:
         "train_tokens": 4096,
         "eval_tokens": 1024,
         "sources": [
-            {"kind": "files", "files": [stories], "documents": [0, 300], "weight": 3},
+            {"kind": "files", "files": [stories], "documents": [0, 300], "weight": 2},
+            {"kind": "dataset", "path": str(jsonl), "template": "{question} {answer}", "weight": 1},
             {"kind": "generated", "weight": 1},
         ],
     }
@@ -193,12 +194,12 @@ def _nas(*args, cache=None):
     )
 
 
-def test_run_measures_every_point_and_the_parent_on_each_eval_set(tmp_path):
+def test_run_measures_every_point_and_the_parent_on_each_eval_set(tmp_path, jsonl):
     need_shared_data()
     stories = str(TINYSTORIES)
     overlap = [{"name": "dup", "kind": "files", "files": [stories], "documents": [250, 320]}]
     for command in (["validate"], ["run", "--results", tmp_path / "r1"]):
-        out = _nas(command[0], _tiny_spec(tmp_path, overlap), *command[1:])
+        out = _nas(command[0], _tiny_spec(tmp_path, overlap, jsonl), *command[1:])
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and "eval set 'dup' shares 50" in lines[0]
     sets = [
@@ -211,12 +212,13 @@ def test_run_measures_every_point_and_the_parent_on_each_eval_set(tmp_path):
         },
         {"name": "own", "kind": "generated", "tokens": 256},
     ]
-    spec = _tiny_spec(tmp_path, sets)
+    spec = _tiny_spec(tmp_path, sets, jsonl)
     out = _nas("run", spec, "--job-id", "mix", "--results", tmp_path / "r", cache=tmp_path / "c")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ppl@held" in out.stdout and "calibration eval split (files:" in out.stdout
     manifest = json.loads((tmp_path / "r" / "mix" / "manifest.json").read_text())
-    assert [c["train_tokens"] for c in manifest["data_sources"]] == [3072, 1024]
+    assert [c["train_tokens"] for c in manifest["data_sources"]] == [2048, 1024, 1024]
+    assert [c["eval_tokens"] for c in manifest["data_sources"]] == [512, 256, 256]
     rows = json.loads(_nas("pareto", "mix", "--results", tmp_path / "r", "--format", "json").stdout)
     assert rows[0]["point_id"] == "parent" and len(rows) >= 2
     for row in rows:
