@@ -70,6 +70,21 @@ class Generation:
     batch_size: int = 32  # sampling is bound by reading the weights: bigger batches are cheaper
     progress: Progress | None = None
 
+    def sample(self, tokenizer, sequences: int, seq_len: int, seed: int, temperature: float):
+        """(sequences, seq_len) ids from ``compress.sources.generate_sequences``."""
+        return generate_sequences(
+            self.model,
+            tokenizer,
+            sequences,
+            seq_len,
+            seed,
+            temperature,
+            self.batch_size,
+            self.cache_dir,
+            self.parent_key,
+            self.progress,
+        )
+
 
 def text_calibration(
     tokenizer,
@@ -137,17 +152,8 @@ def mixed_calibration(
         if source.kind == "generated":
             if generation is None:
                 raise DataError("a generated source needs the parent to sample from")
-            data = generate_sequences(
-                generation.model,
-                tokenizer,
-                n_train + n_eval,
-                seq_len,
-                seed + 1000 * index,
-                source.temperature,
-                generation.batch_size,
-                generation.cache_dir,
-                generation.parent_key,
-                generation.progress,
+            data = generation.sample(
+                tokenizer, n_train + n_eval, seq_len, seed + 1000 * index, source.temperature
             )
             ev, tr = data[:n_eval], data[n_eval:]
         else:
@@ -190,18 +196,7 @@ def eval_set_tokens(
     if source.kind == "generated":
         if generation is None:
             raise DataError("a generated eval set needs the parent to sample from")
-        return generate_sequences(
-            generation.model,
-            tokenizer,
-            n,
-            seq_len,
-            seed,
-            source.temperature,
-            generation.batch_size,
-            generation.cache_dir,
-            generation.parent_key,
-            generation.progress,
-        )
+        return generation.sample(tokenizer, n, seq_len, seed, source.temperature)
     out, _ = pack_documents(tokenizer, source_documents(source), seq_len, n * seq_len, 0, seed)
     if out.shape[0] == 0:
         raise DataError(
