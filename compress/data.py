@@ -137,6 +137,8 @@ def mixed_calibration(
 ) -> tuple[TokenSplits, list[dict]]:
     """Train and eval splits from weighted sources, rows shuffled (seeded) across sources.
 
+    With one source the splits are ``text_calibration``'s (or the parent's samples) as they are.
+
     Source i gets ``weight_i / sum(weights)`` of each split, in whole sequences (a sequence
     never mixes sources). Returns the splits and, per source, ``{source, weight, share,
     train_tokens, eval_tokens}`` as actually obtained (a text source may have less text than
@@ -172,12 +174,12 @@ def mixed_calibration(
                 "eval_tokens": int(ev.numel()),
             }
         )
-    generator = torch.Generator().manual_seed(seed)
     train, evals_t = torch.cat(trains), torch.cat(evals)
-    splits = TokenSplits(
-        train=train[torch.randperm(train.shape[0], generator=generator)],
-        eval=evals_t[torch.randperm(evals_t.shape[0], generator=generator)],
-    )
+    if len(sources) > 1:  # one source's rows are already in shuffled-document order
+        generator = torch.Generator().manual_seed(seed)
+        train = train[torch.randperm(train.shape[0], generator=generator)]
+        evals_t = evals_t[torch.randperm(evals_t.shape[0], generator=generator)]
+    splits = TokenSplits(train=train, eval=evals_t)
     _check_splits(splits, seq_len, train_tokens, eval_tokens, f"{len(sources)} sources")
     return splits, counts
 
