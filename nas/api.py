@@ -10,8 +10,13 @@ from nas.store import DEFAULT_RESULTS, JobStore, list_jobs, new_job_id
 
 
 def validate(spec_path: str | Path) -> SearchSpec:
-    """Load and check a spec; raises ``SpecError``."""
-    return load_spec(spec_path)
+    """Load and check a spec, including that its eval sets share no document with its
+    calibration sources (reads the text sources); raises ``SpecError`` or ``DataError``."""
+    from nas.pipeline import check_eval_sets
+
+    spec = load_spec(spec_path)
+    check_eval_sets(spec)
+    return spec
 
 
 def results_root(spec: SearchSpec | None, results: str | Path | None) -> Path:

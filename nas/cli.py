@@ -95,10 +95,17 @@ def _finish(store) -> None:
 
 
 def _print_front(job_id: str, frame) -> None:
-    from nas.pareto import front_table
+    from nas.eval_sets import with_parent_row
+    from nas.pareto_text import front_table
 
-    header, rows = front_table(frame)
-    table = Table(title=f"Pareto front of {job_id} ({len(rows)} points)")
+    header, rows = front_table(with_parent_row(frame))
+    meta = frame.attrs.get("meta", {})
+    caption = f"pred. KL: replace-one-block KL on the {meta.get('objective_kl_source', 'calibration eval split')}"
+    if any(h.startswith("meas. ") for h in header):
+        caption += "; meas. KL/perplexity: calibration eval split"
+    if meta.get("eval_sets"):
+        caption += "; X@SET: eval set SET (" + ", ".join(meta["eval_sets"]) + ")"
+    table = Table(title=f"Pareto front of {job_id} ({len(frame)} points)", caption=caption)
     for i, name in enumerate(header):
         table.add_column(name, no_wrap=i == 0, justify="left" if i < 2 else "right")
     for row in rows:
@@ -268,17 +275,19 @@ def pareto(
 ) -> None:
     """Query a job's Pareto front (filters, sorted by latency); optionally plot it."""
     from nas import api
-    from nas.pareto import front_csv, front_json
+    from nas.pareto_text import front_csv, front_json
 
     if fmt not in ("table", "csv", "json"):
         raise UserError(f"--format must be table, csv or json, got {fmt!r}")
     frame = api.pareto(job_id, results, max_latency_ms, max_memory_mib)
     if plot is not None:
         api.plot_pareto(job_id, plot, results, quality)
+    from nas.eval_sets import with_parent_row
+
     if fmt == "csv":
-        sys.stdout.write(front_csv(frame))
+        sys.stdout.write(front_csv(with_parent_row(frame)))
     elif fmt == "json":
-        sys.stdout.write(front_json(frame) + "\n")
+        sys.stdout.write(front_json(with_parent_row(frame)) + "\n")
     else:
         _print_front(job_id, frame)
     if plot is not None:
@@ -310,7 +319,7 @@ def select_cmd(
 ) -> None:
     """Select students from a block library file under bounds (no model, no torch)."""
     from nas import api
-    from nas.pareto import front_csv, front_json
+    from nas.pareto_text import front_csv, front_json
 
     if fmt not in ("table", "csv", "json"):
         raise UserError(f"--format must be table, csv or json, got {fmt!r}")

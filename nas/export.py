@@ -99,14 +99,16 @@ def write_measured(job_dir: str | Path, point_id: str, measured: dict) -> dict:
     """Set the ``measured_*`` columns of one point in front.json and front.csv (atomic
     rewrite through ``nas.pareto.record_measurement``; concurrent callers take turns).
 
-    Only the keys in ``MEASURED_COLUMNS`` are written. Returns the updated record; raises a
+    Only the keys in ``MEASURED_COLUMNS`` and per-eval-set ``measured_*@SET`` keys are written. Returns the updated record; raises a
     ``UserError`` when the table or the point does not exist.
     """
     from nas.pareto import record_measurement
 
     path = front_path(job_dir)
     values = {
-        k.removeprefix("measured_"): float(measured[k]) for k in MEASURED_COLUMNS if k in measured
+        k.removeprefix("measured_"): float(v)
+        for k, v in measured.items()
+        if k in MEASURED_COLUMNS or (k.startswith("measured_") and "@" in k)
     }
     with _locked(path):
         record_measurement(job_dir, str(point_id), **values)

@@ -34,6 +34,7 @@ import pandas as pd
 
 from compress.atomic import atomic_write_json, atomic_write_text
 from nas.errors import RecordCorrupt
+from nas.eval_sets import MEASURED_COLUMNS, measured_columns
 from nas.selection.costs import (
     LATENCY_METRICS,
     Budget,
@@ -50,7 +51,6 @@ from nas.selection.targets import Bound, Target, request_label
 __all__ = ["Bound", "CandidatePoint", "FrontResult", "Target", "select_front", "write_front"]
 
 FRONT_DIR = "pareto"
-MEASURED_COLUMNS = ("measured_latency_ms", "measured_kl", "measured_lm_loss", "measured_perplexity")
 STRATEGIES_WITH_BUDGETS = ("puzzle-mip", "greedy")
 
 
@@ -344,6 +344,13 @@ def rewrite_front(job_dir: str | Path, frame: pd.DataFrame, **meta_fields) -> No
     _write_table(front_dir(job_dir), "front", frame)
 
 
+def rewrite_meta(job_dir: str | Path, **meta_fields) -> dict:
+    """Merge ``meta_fields`` into the stored meta (atomic); returns the new meta."""
+    meta = read_meta(job_dir) | meta_fields
+    atomic_write_json(front_dir(job_dir) / "meta.json", meta)
+    return meta
+
+
 def read_meta(job_dir: str | Path) -> dict:
     path = front_dir(job_dir) / "meta.json"
     if not path.exists():
@@ -377,7 +384,7 @@ def read_front(job_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FrontMissing(f"{Path(job_dir).name} has no pareto/front.json; rerun selection")
     frame = _table(path, job_dir)
-    for column in MEASURED_COLUMNS:
+    for column in measured_columns(meta):
         if column not in frame:
             frame[column] = None
     frame.attrs["meta"] = meta
@@ -471,14 +478,15 @@ def _filter_front(
 
 def record_measurement(job_dir: str | Path, point_id: str, **measured: float) -> None:
     """Fill ``measured_*`` columns of one point (keys: ``latency_ms``, ``kl``, ``lm_loss``,
-    ``perplexity``) and rewrite the front atomically."""
+    ``perplexity``, and per eval set ``perplexity@SET`` ...) and rewrite the front atomically."""
     frame = read_front(job_dir)
     if point_id not in set(frame["point_id"]):
         raise SelectionError(f"no point {point_id} in the front of {Path(job_dir).name}")
+    known = measured_columns(frame.attrs["meta"])
     for key, value in measured.items():
         column = f"measured_{key}"
-        if column not in MEASURED_COLUMNS:
-            raise SelectionError(f"unknown measurement {key!r}; known: {MEASURED_COLUMNS}")
+        if column not in known:
+            raise SelectionError(f"unknown measurement {key!r}; known: {', '.join(known)}")
         frame[column] = frame[column].astype(object)
         frame.loc[frame["point_id"] == point_id, column] = float(value)
     _write_table(front_dir(job_dir), "front", frame)
@@ -490,43 +498,3 @@ def plot_front(job_dir: str | Path, path: str | Path, quality: list[str] | None 
     from nas.pareto_plot import plot_job
 
     return plot_job(job_dir, Path(path), quality)
-
-
-# --- text forms for the CLI ---------------------------------------------------------------------
-def front_json(frame: pd.DataFrame) -> str:
-    """The points as a JSON list of records (``choices`` as lists, empty values as null)."""
-    return json.dumps(_records(frame), allow_nan=False)
-
-
-def front_csv(frame: pd.DataFrame) -> str:
-    flat = frame.copy()
-    flat["choices"] = [json.dumps(c) for c in flat["choices"]]
-    return flat.to_csv(index=False)
-
-
-def front_table(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a compact human table (choices summarised, measured columns when any)."""
-    latency = [c for c in frame.columns if c.startswith("predicted_") and c != "predicted_kl"]
-    measured = [c for c in MEASURED_COLUMNS if c in frame and frame[c].notna().any()]
-    measured += [c for c in frame.columns if c.startswith("eval_") and frame[c].notna().any()]
-    short = [c.removeprefix("predicted_").replace("_latency_ms", " ms") for c in latency]
-    header = ["point", "strategy", *short, "params M", "mem MiB", "pred. KL"]
-    header += [
-        f"lm-eval {c[5:].replace('_', ' ')}" if c.startswith("eval_") else f"meas. {c[9:]}"
-        for c in measured
-    ] + ["changed"]
-    rows = []
-    for _, r in frame.iterrows():
-        changed = sum(1 for a, f in r["choices"] if a != "attention:parent" or f != "ffn:parent")
-        rows.append(
-            [str(r["point_id"]), str(r["strategy"])]
-            + [_short(r[c]) for c in latency]
-            + [_short(r["params"] / 1e6), _short(r["memory_mib"]), _short(r["predicted_kl"])]
-            + [_short(r[c]) if pd.notna(r[c]) else "" for c in measured]
-            + [f"{changed}/{len(r['choices'])}"]
-        )
-    return header, rows
-
-
-def _short(value: float) -> str:
-    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nas.bld_stage import stage_bld, stage_capture
 from nas.errors import JobError
@@ -39,6 +39,7 @@ class Prepared:
     parent: object  # compress.loading.Parent
     splits: object  # compress.data.TokenSplits
     baseline: Baseline
+    eval_sets: dict = field(default_factory=dict)  # set name -> (N, seq_len) token ids
 
 
 STAGES = ("baseline", "capture", "bld", "scoring", "selection", "rerank", "students")
@@ -135,17 +136,19 @@ def stage_baseline(spec: SearchSpec, store: JobStore, report: Report = print) ->
     from compress.loading import load_parent
 
     t0 = time.perf_counter()
+    if not store.path("data", "splits.safetensors").exists():
+        check_eval_sets(spec)  # refuse overlapping eval sets before any heavy work
     parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
     report(
         f"[baseline] loaded {spec.model.source} ({parent.shape.key}) in {time.perf_counter() - t0:.1f}s"
     )
-    splits = prepare_data(spec, store, parent)
+    splits = prepare_data(spec, store, parent, report)
+    eval_sets = prepare_eval_sets(spec, store, parent, report)
     if store.stage_done("baseline"):
         rec = store.read_stage("baseline")
         report(f"[baseline] done before: loss {rec['loss']:.4f}")
-        return Prepared(
-            parent, splits, Baseline(rec["loss"], rec["perplexity"], rec["tokens"], rec["wall_s"])
-        )
+        baseline = Baseline(rec["loss"], rec["perplexity"], rec["tokens"], rec["wall_s"])
+        return Prepared(parent, splits, baseline, eval_sets)
     t1 = time.perf_counter()
     result = lm_loss(
         parent.adapter, splits.eval, spec.scoring.batch_size, "[baseline] parent eval loss"
@@ -169,36 +172,98 @@ def stage_baseline(spec: SearchSpec, store: JobStore, report: Report = print) ->
         f"[baseline] eval loss {baseline.loss:.4f} nats/token, perplexity {baseline.perplexity:.3f} "
         f"over {baseline.tokens} tokens in {baseline.wall_s:.1f}s"
     )
-    return Prepared(parent, splits, baseline)
+    return Prepared(parent, splits, baseline, eval_sets)
 
 
-def prepare_data(spec: SearchSpec, store: JobStore, parent):
-    """Calibration splits, made once per job and kept in ``data/splits.safetensors``."""
+def check_eval_sets(spec: SearchSpec) -> None:
+    """Refuse (``DataError``, one line) eval sets sharing a document with calibration."""
+    from compress.sources import check_disjoint
+
+    check_disjoint(list(spec.data.sources), {s.name: s for s in spec.eval.sets})
+
+
+def _generation(spec: SearchSpec, parent, report: Report, what: str):
+    """How this job samples ``generated`` text: cached under ``<cache>/generated`` by parent."""
+    from compress.data import Generation
+    from compress.loading import cache_dir
+
+    step = {"last": -1}
+
+    def progress(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if tenth != step["last"]:
+            step["last"] = tenth
+            report(f"[data] {what}: generated {done}/{total} sequences")
+
+    key = f"{spec.model.source}|{spec.model.dtype}|{parent.shape.key}"
+    return Generation(parent.adapter, cache_dir() / "generated", key, progress=progress)
+
+
+def prepare_data(spec: SearchSpec, store: JobStore, parent, report: Report = print):
+    """Calibration splits from ``data.sources``, made once per job and kept in
+    ``data/splits.safetensors``; tokens per source go into the manifest (``data_sources``)."""
     from safetensors.torch import load_file, save_file
 
     from compress.atomic import atomic_write
-    from compress.data import TokenSplits, generated_calibration, text_calibration
+    from compress.data import TokenSplits, mixed_calibration
 
     path = store.path("data", "splits.safetensors")
     if path.exists():
         tensors = load_file(str(path))
         return TokenSplits(train=tensors["train"], eval=tensors["eval"])
     d = spec.data
-    if d.source == "text":
-        splits = text_calibration(
-            parent.tokenizer, d.files, d.seq_len, d.train_tokens, d.eval_tokens, d.seed, d.separator
-        )
-    else:
-        splits = generated_calibration(
-            parent.adapter, parent.tokenizer, d.seq_len, d.train_tokens, d.eval_tokens, d.seed
-        )
+    splits, counts = mixed_calibration(
+        list(d.sources),
+        parent.tokenizer,
+        d.seq_len,
+        d.train_tokens,
+        d.eval_tokens,
+        d.seed,
+        _generation(spec, parent, report, "calibration"),
+    )
     atomic_write(
         path,
         lambda tmp: save_file(
             {"train": splits.train.contiguous(), "eval": splits.eval.contiguous()}, str(tmp)
         ),
     )
+    store.update_manifest(data_sources=counts)
+    report(
+        "[data] calibration: "
+        + ", ".join(f"{c['source']} {c['train_tokens']}+{c['eval_tokens']} tokens" for c in counts)
+        + " (train+eval)"
+    )
     return splits
+
+
+def prepare_eval_sets(spec: SearchSpec, store: JobStore, parent, report: Report = print) -> dict:
+    """Token ids of each ``eval.sets`` entry (``data/eval__<name>.safetensors``, made once)."""
+    import zlib
+
+    from safetensors.torch import load_file, save_file
+
+    from compress.atomic import atomic_write
+    from compress.data import eval_set_tokens
+
+    out = {}
+    for s in spec.eval.sets:
+        path = store.path("data", f"eval__{s.name}.safetensors")
+        if path.exists():
+            out[s.name] = load_file(str(path))["tokens"]
+            continue
+        seed = spec.data.seed + 1 + zlib.crc32(s.name.encode()) % 100_000  # never the calibration's
+        tokens = eval_set_tokens(
+            s,
+            parent.tokenizer,
+            spec.data.seq_len,
+            s.tokens,
+            seed,
+            _generation(spec, parent, report, f"eval set {s.name}"),
+        )
+        atomic_write(path, lambda tmp, t=tokens: save_file({"tokens": t.contiguous()}, str(tmp)))
+        report(f"[data] eval set {s.name}: {tokens.numel()} tokens")
+        out[s.name] = tokens
+    return out
 
 
 def _dtype(name: str):

@@ -116,6 +116,9 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
         report(f"[selection] searched decode batches {batches}: points at {sorted(results)}")
     else:
         result = results[batches[0]]
+    from nas.eval_sets import front_meta_fields
+
+    result.meta.update(front_meta_fields(spec))
     write_front(store.dir, result, rules)
     primary = result.meta.get("primary_metric", next(iter(by_metric), "params"))
     record = {

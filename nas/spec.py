@@ -25,20 +25,112 @@ class ModelSection(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
+_SOURCE_KINDS = ("files", "dataset", "generated")
+
+
+class _SourceFields(_Section):
+    """One text source (``compress.sources`` reads these fields by name)."""
+
+    kind: Literal["files", "dataset", "generated"]
+    files: list[str] = Field(default_factory=list, description="files: text files")
+    separator: str = Field("\n<|endoftext|>\n", description="files: document separator")
+    path: str | None = Field(
+        None, description="dataset: Hub name, local folder, builder (json/csv/parquet) or file"
+    )
+    data_files: list[str] = Field(default_factory=list, description="dataset: its data files")
+    config: str | None = Field(None, description="dataset: configuration name")
+    split: str = Field("train", description="dataset: split")
+    text_field: str = Field("text", description="dataset: the field holding the text")
+    template: str | None = Field(
+        None, description='dataset: str.format template over fields, e.g. "{question}\\n{answer}"'
+    )
+    documents: tuple[int, int | None] | None = Field(
+        None,
+        description="files/dataset: [start, stop] slice of the documents (stop null: to the end)",
+    )
+    temperature: float = Field(1.0, gt=0, description="generated: sampling temperature")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self):
+        if self.kind == "files" and not self.files:
+            raise ValueError("a files source needs at least one path in 'files'")
+        if self.kind == "dataset" and not self.path:
+            raise ValueError("a dataset source needs 'path' (a Hub name, folder, builder or file)")
+        foreign = {
+            "files": ("path", "data_files", "config", "template"),
+            "dataset": ("files",),
+            "generated": ("files", "path", "data_files", "config", "template", "documents"),
+        }[self.kind]
+        given = [k for k in foreign if getattr(self, k)]  # every default is empty
+        if given:
+            raise ValueError(f"'{given[0]}' does not apply to a {self.kind} source")
+        return self
+
+
+class SourceSection(_SourceFields):
+    weight: float = Field(1.0, gt=0, description="share of the calibration tokens (normalised)")
+
+
+class EvalSetSection(_SourceFields):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$", description="the set's column suffix")
+    tokens: int = Field(8192, gt=0, description="tokens measured (whole sequences of data.seq_len)")
+
+
 class DataSection(_Section):
-    source: Literal["text", "generated"] = "text"
-    files: list[str] = Field(default_factory=list, description="text files (source: text)")
-    separator: str = "\n<|endoftext|>\n"
+    sources: list[SourceSection] = Field(
+        default_factory=lambda: [SourceSection(kind="generated")],
+        min_length=1,
+        description="weighted calibration sources",
+    )
     seq_len: int = Field(256, ge=8)
     train_tokens: int = Field(65536, gt=0)
     eval_tokens: int = Field(16384, gt=0)
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _files_for_text(self):
-        if self.source == "text" and not self.files:
-            raise ValueError("source 'text' needs at least one file in data.files")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, raw):
+        """``source: text|generated`` + ``files`` + ``separator`` still work (one source)."""
+        if not isinstance(raw, dict) or not ({"source", "files", "separator"} & set(raw)):
+            return raw
+        if "sources" in raw:
+            raise ValueError(
+                "give either data.sources or the old data.source/files, not both "
+                "(data.sources: [{kind: files, files: [...]}])"
+            )
+        raw = dict(raw)
+        kind = raw.pop("source", "text")
+        files, separator = raw.pop("files", []), raw.pop("separator", None)
+        if kind == "generated":
+            raw["sources"] = [{"kind": "generated"}]
+        elif kind == "text":
+            if not files:
+                raise ValueError("source 'text' needs at least one file in data.files")
+            source = {"kind": "files", "files": files}
+            if separator is not None:
+                source["separator"] = separator
+            raw["sources"] = [source]
+        else:
+            raise ValueError(
+                f"data.source {kind!r} is replaced by data.sources: [{{kind: files|dataset|generated, ...}}]"
+            )
+        return raw
+
+
+class EvalSection(_Section):
+    sets: list[EvalSetSection] = Field(
+        default_factory=list,
+        description="named evaluation sets, never used for training, scoring or reranking",
+    )
+
+    @field_validator("sets")
+    @classmethod
+    def _unique(cls, sets):
+        names = [s.name for s in sets]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"eval set name {dup!r} is used twice")
+        return sets
 
 
 class PrefilterSection(_Section):
@@ -273,7 +365,8 @@ class RaySection(_Section):
 class SearchSpec(_Section):
     name: str = "job"
     model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection = Field(default_factory=lambda: DataSection(source="generated"))
+    data: DataSection = Field(default_factory=DataSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     space: SpaceSection = Field(default_factory=SpaceSection)
     bld: BLDSection = Field(default_factory=BLDSection)
     scoring: ScoringSection = Field(default_factory=ScoringSection)
@@ -332,9 +425,31 @@ def _describe(exc: ValidationError) -> str:
     return f"'{loc or '<root>'}': {msg}{more}"
 
 
+BUILTIN_DATA = Path(__file__).resolve().parent / "data"
+BUILTIN_PREFIX = "builtin:"
+
+
 def _resolve(base: Path, value: str) -> str:
+    """A path relative to ``base``; ``builtin:NAME`` names a text shipped in ``nas/data``."""
+    if value.startswith(BUILTIN_PREFIX):
+        return str(BUILTIN_DATA / value.removeprefix(BUILTIN_PREFIX))
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_source(source, base: Path, where: str, origin: str):
+    """The source with its files resolved (and checked); a dataset ``path`` is resolved only
+    when it names something on disk (else it is a Hub name or a builder such as ``json``)."""
+    files = [_resolve(base, f) for f in source.files]
+    data_files = [_resolve(base, f) for f in source.data_files]
+    for key, paths in (("files", files), ("data_files", data_files)):
+        for f in paths:
+            if not Path(f).is_file():
+                raise SpecError(f"{origin}: '{where}.{key}': {f} does not exist")
+    path = source.path
+    if path is not None and Path(_resolve(base, path)).exists():
+        path = _resolve(base, path)
+    return source.model_copy(update={"files": files, "data_files": data_files, "path": path})
 
 
 def _resolve_paths(spec: SearchSpec, base: Path, origin: str) -> SearchSpec:
@@ -346,10 +461,13 @@ def _resolve_paths(spec: SearchSpec, base: Path, origin: str) -> SearchSpec:
                 f"{origin}: 'model.source': {model_source} does not exist "
                 f"(a HF folder, a .gguf file, or one of {', '.join(DEFAULT_MODELS)})"
             )
-    files = [_resolve(base, f) for f in spec.data.files]
-    for f in files:
-        if not Path(f).is_file():
-            raise SpecError(f"{origin}: 'data.files': {f} does not exist")
+    sources = [
+        _resolve_source(s, base, f"data.sources.{i}", origin)
+        for i, s in enumerate(spec.data.sources)
+    ]
+    sets = [
+        _resolve_source(s, base, f"eval.sets.{i}", origin) for i, s in enumerate(spec.eval.sets)
+    ]
     profiles = [_resolve(base, f) for f in spec.hardware.profiles]
     for f in profiles:
         if not Path(f).is_file():
@@ -360,7 +478,8 @@ def _resolve_paths(spec: SearchSpec, base: Path, origin: str) -> SearchSpec:
     return spec.model_copy(
         update={
             "model": spec.model.model_copy(update={"source": model_source}),
-            "data": spec.data.model_copy(update={"files": files}),
+            "data": spec.data.model_copy(update={"sources": sources}),
+            "eval": spec.eval.model_copy(update={"sets": sets}),
             "hardware": spec.hardware.model_copy(update={"profiles": profiles}),
             "ray": spec.ray.model_copy(update={"storage": storage}),
         }

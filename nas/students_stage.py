@@ -31,7 +31,7 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
         return Students(rec["measured"], rec["exported"])
     from compress.measured import profile_latency_fn, quality
     from compress.progress import track
-    from nas.export import build_point, measure_and_record
+    from nas.export import build_point, measure_and_record, write_measured
     from nas.pareto import read_front, read_meta
     from nas.selection_stage import PHASE_METRIC, job_profiles
 
@@ -59,8 +59,14 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
     if latency_fn is not None and not parent_file.exists():
         lat = latency_fn(parent.adapter)
         q = quality(parent.adapter, parent.adapter, eval_tokens, spec.scoring.batch_size)
-        atomic_write_json(parent_file, {"measured_latency": lat, **q})
-        report(f"[students] parent: {lat['median_ms']:.2f} ms ({profile.describe()})")
+        per_set = _eval_set_quality(spec, prepared, parent.adapter)
+        atomic_write_json(parent_file, {"measured_latency": lat, **q, **per_set})
+        report(
+            f"[students] parent: {lat['median_ms']:.2f} ms ({profile.describe()})"
+            + _describe_sets(per_set)
+        )
+    if parent_file.exists():
+        _record_parent(store, json.loads(parent_file.read_text()))
     for i, point in enumerate(track(front.to_dict("records"), "[students] points")):
         pid = point["point_id"]
         folder = store.path("students", pid)
@@ -74,9 +80,14 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
             measured = measure_and_record(
                 store, pid, student, parent.adapter, eval_tokens, latency_fn
             )
+            per_set = _eval_set_quality(spec, prepared, student)
+            if per_set:
+                write_measured(store.dir, pid, per_set)
+                measured.update(per_set)
             report(
                 f"[students] {pid} ({i + 1}/{len(front)}): {measured['measured_latency_ms']:.2f} ms, "
                 f"KL {measured['measured_kl']:.4f}, perplexity {measured['measured_perplexity']:.3f}"
+                + _describe_sets(per_set)
             )
         formats = _export(spec, store, student, parent, point, folder, report)
         exported[pid] = formats
@@ -93,6 +104,39 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
         f"[students] {len(front)} points built, measured and exported in {record['wall_s']:.1f}s"
     )
     return Students(record["measured"], exported)
+
+
+def _eval_set_quality(spec: SearchSpec, prepared, model) -> dict:
+    """``measured_{perplexity,kl,lm_loss}@SET`` of ``model`` on each of the spec's eval sets."""
+    from compress.measured import quality
+    from nas.eval_sets import measured_set_values
+
+    out: dict = {}
+    for name, tokens in prepared.eval_sets.items():
+        q = quality(model, prepared.parent.adapter, tokens, spec.scoring.batch_size)
+        out.update(measured_set_values(name, q))
+    return out
+
+
+def _describe_sets(per_set: dict) -> str:
+    return "".join(
+        f"; {k.removeprefix('measured_perplexity@')}: perplexity {v:.3f}"
+        for k, v in per_set.items()
+        if k.startswith("measured_perplexity@")
+    )
+
+
+def _record_parent(store: JobStore, measured: dict) -> None:
+    """The parent's measured columns into the front's meta (``meta["parent"]``)."""
+    from nas.pareto import read_meta, rewrite_meta
+
+    columns = {
+        "measured_latency_ms": measured["measured_latency"]["median_ms"],
+        "measured_kl": measured["kl"],
+        "measured_lm_loss": measured["lm_loss"],
+        "measured_perplexity": measured["perplexity"],
+    } | {k: v for k, v in measured.items() if k.startswith("measured_") and "@" in k}
+    rewrite_meta(store.dir, parent=read_meta(store.dir)["parent"] | columns)
 
 
 def _export(spec: SearchSpec, store, student, parent, point, folder, report) -> list[str]:

@@ -65,7 +65,8 @@ def test_relative_paths_resolve_against_spec_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "t.txt").write_text("hello")
     spec = parse_spec({"data": {"source": "text", "files": ["t.txt"]}}, base_dir=tmp_path / "sub")
-    assert spec.data.files == [str((tmp_path / "sub" / "t.txt").resolve())]
+    assert spec.data.sources[0].kind == "files"  # the old keys still work: one files source
+    assert spec.data.sources[0].files == [str((tmp_path / "sub" / "t.txt").resolve())]
     with pytest.raises(SpecError, match="unknown key 'space.ffn_widths'"):
         parse_spec({"space": {"ffn_widths": [1]}})
 

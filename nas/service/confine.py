@@ -5,7 +5,7 @@ reaches the server), validated strictly against ``RemoteSearchSpec`` (the ``Sear
 schema without ``ray.address``/``ray.storage``, so a client cannot point the job at a cluster
 of its choosing or move its results), at most ``MAX_BODY_BYTES`` and ``MAX_DEPTH`` levels
 deep, and every path it names (``model.source`` unless a named default,
-``data.files``, ``hardware.profiles``) must lie under one of the server's allowed roots: the
+``data.sources``/``eval.sets`` files, ``hardware.profiles``) must lie under one of the server's allowed roots: the
 ``--data-root`` folders and the job's own folder. The check is lexical before any file is
 touched, then again on the real path (so a symlink cannot lead out); an outside path and a
 missing one get the same ``PathRefused`` message, so a client learns nothing about the rest of
@@ -17,14 +17,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compress.errors import UserError
 from compress.shape import DEFAULT_MODELS
 from nas.errors import SpecError
-from nas.spec import DataSection, RaySection, SearchSpec, _Section
+from nas.spec import (
+    BUILTIN_DATA,
+    BUILTIN_PREFIX,
+    DataSection,
+    EvalSection,
+    RaySection,
+    SearchSpec,
+    _Section,
+)
 from nas.store import JOB_ID_MAX, JOB_ID_PATTERN
 
 MAX_BODY_BYTES = 256 * 1024  # a real spec is a few KiB
@@ -47,26 +55,73 @@ class RemoteRaySection(_Section):
     latency_resource: str | None = Field(None, max_length=128)
 
 
-class RemoteTextData(DataSection):
-    """``data`` with ``source: text`` (at least one file, under the server's data roots)."""
+class _RemoteFiles(_Section):
+    """A ``files`` source as a remote client may give it (files under the data roots, or
+    ``builtin:NAME`` texts shipped with the project)."""
 
-    source: Literal["text"]
-    files: list[str] = Field(..., min_length=1)
+    kind: Literal["files"]
+    files: list[str] = Field(..., min_length=1, max_length=64)
+    separator: str = Field("\n<|endoftext|>\n", min_length=1, max_length=256)
+    documents: tuple[int, int | None] | None = None
 
 
-class RemoteGeneratedData(DataSection):
-    """``data`` with ``source: generated`` (text sampled from the parent itself)."""
+class _RemoteGenerated(_Section):
+    """A ``generated`` source: text sampled from the parent itself."""
 
-    source: Literal["generated"]
+    kind: Literal["generated"]
+    temperature: float = Field(1.0, gt=0)
+
+
+class _Weighted(_Section):
+    weight: float = Field(1.0, gt=0)
+
+
+class _Named(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    tokens: int = Field(8192, gt=0)
+
+
+class RemoteFilesSource(_RemoteFiles, _Weighted):
+    pass
+
+
+class RemoteGeneratedSource(_RemoteGenerated, _Weighted):
+    pass
+
+
+class RemoteFilesSet(_RemoteFiles, _Named):
+    pass
+
+
+class RemoteGeneratedSet(_RemoteGenerated, _Named):
+    pass
+
+
+class RemoteDataSection(DataSection):
+    """``data`` over HTTP: ``files`` and ``generated`` sources only (a ``dataset`` source could
+    reach the Hub or run a loading script on the server)."""
+
+    sources: list[
+        Annotated[RemoteFilesSource | RemoteGeneratedSource, Field(discriminator="kind")]
+    ] = Field(
+        default_factory=lambda: [RemoteGeneratedSource(kind="generated")],
+        min_length=1,
+        max_length=16,
+    )
+
+
+class RemoteEvalSection(EvalSection):
+    sets: list[Annotated[RemoteFilesSet | RemoteGeneratedSet, Field(discriminator="kind")]] = Field(
+        default_factory=list, max_length=1
+    )
 
 
 class RemoteSearchSpec(SearchSpec):
-    """The spec schema of ``POST /jobs``: ``data.source`` is required (it picks the variant)."""
+    """The spec schema of ``POST /jobs`` (see the module doc)."""
 
     name: str = Field("job", pattern=SPEC_NAME_PATTERN)
-    data: RemoteTextData | RemoteGeneratedData = Field(
-        default_factory=lambda: RemoteGeneratedData(source="generated"), discriminator="source"
-    )
+    data: RemoteDataSection = Field(default_factory=RemoteDataSection)
+    eval: RemoteEvalSection = Field(default_factory=RemoteEvalSection)
     ray: RemoteRaySection = Field(default_factory=RemoteRaySection)
 
 
@@ -110,15 +165,15 @@ def parse_body(body: bytes, model: type[BaseModel]) -> BaseModel:
 
 
 def _describe_body(exc: ValidationError) -> str:
-    """``nas.spec``'s one-line description without the union member names pydantic puts in
-    a location (``spec.data.text.files`` -> ``spec.data.files``)."""
+    """``nas.spec``'s one-line description without the union tags pydantic puts in a location
+    (``spec.data.sources.0.files.files`` -> ``spec.data.sources.0.files``)."""
     errors = exc.errors()
     err = errors[0]
+    parts = [p for p in err["loc"] if not str(p).startswith("function-")]
     loc = ".".join(
         str(p)
-        for p in err["loc"]
-        if str(p) not in ("RemoteTextData", "RemoteGeneratedData", "text", "generated")
-        and not str(p).startswith("function-")
+        for i, p in enumerate(parts)
+        if not (i and isinstance(parts[i - 1], int) and p in ("files", "generated"))
     )
     where, _, loc = loc.partition(".") if loc.startswith("spec.") else ("body", "", loc)
     if err["type"] == "extra_forbidden":
@@ -170,14 +225,28 @@ class Confinement:
         source = raw.model.source
         if source not in DEFAULT_MODELS:
             source = self._path(source, roots, "model.source", folder_ok=True)
-        files = [self._path(f, roots, "data.files") for f in raw.data.files]
         profiles = [self._path(f, roots, "hardware.profiles") for f in raw.hardware.profiles]
         data = raw.model_dump(mode="json")
         data["model"]["source"] = source
-        data["data"]["files"] = files
+        for where, items in (
+            ("data.sources", data["data"]["sources"]),
+            ("eval.sets", data["eval"]["sets"]),
+        ):
+            for i, item in enumerate(items):
+                if item["kind"] == "files":
+                    item["files"] = [
+                        self._file(f, roots, f"{where}.{i}.files") for f in item["files"]
+                    ]
         data["hardware"]["profiles"] = profiles
         data["ray"] = RaySection(**data["ray"]).model_dump(mode="json")
         return SearchSpec.model_validate(data)
+
+    def _file(self, value: str, roots: list[Path], field: str) -> str:
+        """A text file: under the roots, or ``builtin:NAME`` (a text shipped in ``nas/data``)."""
+        if value.startswith(BUILTIN_PREFIX):
+            builtin = str(BUILTIN_DATA / value.removeprefix(BUILTIN_PREFIX))
+            return self._path(builtin, [BUILTIN_DATA], field)
+        return self._path(value, roots, field)
 
     def _path(self, value: str, roots: list[Path], field: str, folder_ok: bool = False) -> str:
         refused = PathRefused(

@@ -1,0 +1,201 @@
+"""General-text quality of the students of finished jobs at measured speed-ups (issue 12):
+the recipe ablation, every student timed side by side with the exported parent.
+
+Each ``--job LABEL=JOB`` is a finished job (``search_spaces/quality.yaml`` and its ablation
+``bench/specs/*.yaml``) with the same ``eval.sets``. Every exported student
+(``students/<id>/onnx/prefill.onnx``, GKD-healed when the job's spec has ``export.gkd``) and a
+fresh export of the parent are timed in one process, in rotated rounds
+(``bench/healed_front.rotated_rounds``), at batch 1 and ``--seq`` tokens with ``--threads``
+onnxruntime threads. Quality per eval set (perplexity ratio to the parent, KL): the healed
+students' are the job's own measured columns (``measured_perplexity@SET``...); for a job with
+GKD, ``--before-gkd`` also assembles each point from the library without GKD and measures it
+on the same eval-set tokens (same architecture, so the same timing). Then the best
+perplexity ratio on ``--set`` at >= 1.2x and >= 1.5x measured speed-up per recipe.
+
+    python bench/general_quality.py --job mix=qmix --job stories=qstories [--before-gkd]
+        [--results results] [--repeats 20] [--threads 1] [--seq 256] [--set books]
+        [--name general_quality]
+
+Writes results/bench/NAME.csv, NAME.md and NAME_best.md. Exit 2 with one line when a job has
+no exported students or no eval sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._report import write_table  # noqa: E402
+from bench.healed_front import rotated_rounds  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--job", action="append", required=True, help="LABEL=JOB (repeatable)")
+    ap.add_argument("--results", default=str(ROOT / "results"))
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--set", default="books", help="eval set the best ratios are taken on")
+    ap.add_argument("--before-gkd", action="store_true", help="also measure students before GKD")
+    ap.add_argument("--name", default="general_quality")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    jobs = {}
+    for item in args.job:
+        label, _, job = item.partition("=")
+        folder = Path(args.results) / job
+        if not job or not sorted(folder.glob("students/*/onnx/prefill.onnx")):
+            print(
+                f"error: {item!r}: no job with exported students in {args.results}", file=sys.stderr
+            )
+            return 2
+        jobs[label] = folder
+
+    from compress.export_onnx import export_onnx, ort_session
+    from compress.loading import load_parent
+    from nas.export import job_spec
+    from nas.store import JobStore
+
+    specs = {label: job_spec(JobStore.open(args.results, f.name)) for label, f in jobs.items()}
+    sets = [s.name for s in next(iter(specs.values())).eval.sets]
+    if not sets or args.set not in sets:
+        print(f"error: the jobs have no eval set {args.set!r} (sets: {sets})", file=sys.stderr)
+        return 2
+    parent = load_parent(next(iter(specs.values())).model.source)
+    folder = Path(tempfile.mkdtemp(prefix="nas-general-"))
+    try:
+        exported = export_onnx(
+            parent.adapter, folder, parity=False, decode=False, exporter="torchscript"
+        )
+        paths = {"parent": exported.prefill}
+        for label, job in jobs.items():
+            for p in sorted(job.glob("students/*/onnx/prefill.onnx")):
+                paths[f"{label}/{p.parents[1].name}"] = p
+        sessions = {name: ort_session(path, args.threads) for name, path in paths.items()}
+        ids = np.random.default_rng(0).integers(
+            0, parent.shape.vocab_size, (1, args.seq), dtype=np.int64
+        )
+        times = rotated_rounds(sessions, ids, args.repeats)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    parent_ms = float(np.median(times["parent"]))
+
+    rows = []
+    for label, job in jobs.items():
+        spec = specs[label]
+        parent_q = json.loads((job / "students" / "parent.json").read_text())
+        front = {r["point_id"]: r for r in json.loads((job / "pareto" / "front.json").read_text())}
+        gkd = spec.export.gkd
+        for name in [n for n in paths if n.startswith(label + "/")]:
+            pid = name.split("/", 1)[1]
+            point = front.get(pid, {})
+            speed = parent_ms / float(np.median(times[name]))
+            paired = float(np.median(np.asarray(times["parent"]) / np.asarray(times[name])))
+            base = {
+                "recipe": label,
+                "point": pid,
+                "target": point.get("target", ""),
+                "speed-up": round(speed, 3),
+                "paired": round(paired, 3),
+            }
+            healed = {
+                s: {m: point.get(f"measured_{m}@{s}") for m in ("perplexity", "kl")} for s in sets
+            }
+            rows.append(
+                base
+                | {"GKD": f"{gkd.tokens} tokens" if gkd else "none"}
+                | _quality_cells(healed, parent_q, sets)
+            )
+            if gkd and args.before_gkd:
+                raw = _before_gkd(job, parent, point, sets, spec.scoring.batch_size)
+                rows.append(
+                    base
+                    | {"GKD": "none (same point before GKD)"}
+                    | _quality_cells(raw, parent_q, sets)
+                )
+    rows.sort(key=lambda r: (r["recipe"], -r["speed-up"], r["GKD"]))
+    tokens = ", ".join(f"{s.name} {s.tokens} tokens" for s in next(iter(specs.values())).eval.sets)
+    command = "python bench/general_quality.py " + " ".join(f"--job {j}" for j in args.job)
+    command += " --before-gkd" * args.before_gkd + (
+        f" --name {args.name}" if args.name != "general_quality" else ""
+    )
+    notes = (
+        f"Parent median {parent_ms:.1f} ms; onnxruntime CPU, {args.threads} thread(s), batch 1, {args.seq} tokens, "
+        f"{args.repeats} rotated rounds after 3 warm-ups; `speed-up` = parent median / student median, "
+        f"`paired` = median of per-round ratios. Quality on the eval sets ({tokens}; documents no stage "
+        f"saw): perplexity ratio to the parent and KL(parent || student) per token. Wall time "
+        f"{time.perf_counter() - t_start:.0f}s. Command: `{command}`."
+    )
+    write_table(args.name, rows, "General-text quality of students at measured speed-ups", notes)
+    write_table(
+        f"{args.name}_best",
+        _best(rows, args.set, sets),
+        f"Best perplexity ratio on `{args.set}` per recipe",
+        "Speed-up floors allow 3 % (a point at 0.97 x the floor counts) for timing noise.",
+    )
+    return 0
+
+
+def _quality_cells(values: dict, parent_q: dict, sets: list[str]) -> dict:
+    out = {}
+    for s in sets:
+        ppl, kl = values[s]["perplexity"], values[s]["kl"]
+        ref = parent_q[f"measured_perplexity@{s}"]
+        out[f"ppl ratio @{s}"] = round(ppl / ref, 3) if ppl is not None else None
+        out[f"KL @{s}"] = round(kl, 4) if kl is not None else None
+    return out
+
+
+def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int) -> dict:
+    """The point assembled from the job's library without GKD, measured on the job's eval sets."""
+    from safetensors.torch import load_file
+
+    from compress.measured import quality
+    from compress.student import assemble_student, library_loader
+
+    student = assemble_student(
+        parent.adapter, point["choices"], library_loader(job / "library", parent.adapter)
+    ).eval()
+    out = {}
+    for s in sets:
+        tokens = load_file(str(job / "data" / f"eval__{s}.safetensors"))["tokens"]
+        out[s] = quality(student, parent.adapter, tokens, batch_size)
+    return out
+
+
+def _best(rows: list[dict], on: str, sets: list[str]) -> list[dict]:
+    best = []
+    for recipe in dict.fromkeys((r["recipe"], r["GKD"]) for r in rows):
+        mine = [r for r in rows if (r["recipe"], r["GKD"]) == recipe]
+        for floor in (1.2, 1.5):
+            fast = [r for r in mine if r["speed-up"] >= floor * 0.97]
+            if not fast:
+                best.append({"recipe": recipe[0], "GKD": recipe[1], "speed-up >=": floor})
+                continue
+            r = min(fast, key=lambda r: r[f"ppl ratio @{on}"])
+            best.append(
+                {
+                    "recipe": recipe[0],
+                    "GKD": recipe[1],
+                    "speed-up >=": floor,
+                    "point": r["point"],
+                    "speed-up": r["speed-up"],
+                }
+                | {f"ppl ratio @{s}": r[f"ppl ratio @{s}"] for s in sets}
+            )
+    return best
+
+
+if __name__ == "__main__":
+    sys.exit(main())
