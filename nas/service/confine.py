@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress.errors import UserError
 from compress.shape import DEFAULT_MODELS
@@ -63,6 +63,12 @@ class _RemoteFiles(_Section):
     files: list[str] = Field(..., min_length=1, max_length=64)
     separator: str = Field("\n<|endoftext|>\n", min_length=1, max_length=256)
     documents: tuple[int, int | None] | None = None
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _json_array(cls, value):
+        """JSON has arrays, not tuples: the strict validation takes ``[start, stop]``."""
+        return tuple(value) if isinstance(value, list) else value
 
 
 class _RemoteGenerated(_Section):
