@@ -66,11 +66,11 @@ def main() -> None:
         {"figure": "processes at the peak", "value": peak.peak_procs},
         {"figure": "job folder (MiB)", "value": round(folder_bytes(job) / 2**20, 1)},
     ]
-    subfolders = sorted(
-        (p for p in job.iterdir() if p.is_dir()), key=folder_bytes, reverse=True
-    )
+    subfolders = sorted((p for p in job.iterdir() if p.is_dir()), key=folder_bytes, reverse=True)
     for sub in subfolders[:6]:
-        rows.append({"figure": f"  {sub.name}/ (MiB)", "value": round(folder_bytes(sub) / 2**20, 1)})
+        rows.append(
+            {"figure": f"  {sub.name}/ (MiB)", "value": round(folder_bytes(sub) / 2**20, 1)}
+        )
     write_table(
         f"footprint_{name}",
         rows,
