@@ -15,7 +15,7 @@ from tests.test_export import CHOICES, _job, nas
 pytest.importorskip("lm_eval")
 
 PARENT_CHOICES = [["attention:parent", "ffn:parent"]] * len(CHOICES)
-LIMIT = 60  # items of nas_next_word (of 300): enough to tell models apart, fast on stories260K
+LIMIT = 60  # items of nas_next_word (of 265): enough to tell models apart, fast on stories260K
 
 
 @pytest.fixture(scope="module")
