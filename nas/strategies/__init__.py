@@ -33,13 +33,6 @@ class StrategyPoint:
     choices: Choices
     metrics: dict[str, float] = field(default_factory=dict)
 
-    def as_candidate(self):
-        """The ``nas.pareto.CandidatePoint`` the front takes (quality: its summed scores, so
-        every strategy's points are compared on the same estimate)."""
-        from nas.pareto import CandidatePoint
-
-        return CandidatePoint(self.strategy, self.choices)
-
     def to_dict(self) -> dict:
         return {
             "strategy": self.strategy,
