@@ -12,7 +12,7 @@ from nas.store import DEFAULT_RESULTS, JobStore, list_jobs, new_job_id
 def validate(spec_path: str | Path) -> SearchSpec:
     """Load and check a spec, including that its eval sets share no document with its
     calibration sources (reads the text sources); raises ``SpecError`` or ``DataError``."""
-    from nas.pipeline import check_eval_sets
+    from nas.baseline_stage import check_eval_sets
 
     spec = load_spec(spec_path)
     check_eval_sets(spec)
@@ -165,10 +165,10 @@ def plot_pareto(
     """Write the job's latency-vs-quality plot (``.png`` or ``.html``); returns the path.
     ``quality``: eval sets (``SET`` or ``SET:kl``) to plot against measured latency (default:
     all of the job's)."""
-    from nas.pareto import plot_front
+    from nas.pareto_plot import plot_job
 
     store = JobStore.open(results_root(None, results), job_id)
-    return plot_front(store.dir, path, quality)
+    return plot_job(store.dir, Path(path), quality)
 
 
 def profile(

@@ -8,19 +8,12 @@ runs every strategy the spec names (``puzzle-mip`` per budget; ``amoeba-dp`` and
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from nas.spec import SearchSpec
+from nas.stage_io import Prepared, Report, Selection
 from nas.store import JobStore
 
 PHASE_METRIC = {"prefill": "prefill_latency_ms", "decode": "decode_latency_ms"}
-
-
-@dataclass(frozen=True)
-class Selection:
-    points: int
-    primary_metric: str
-    profiles: dict  # metric -> profile file name
 
 
 def phase_profiles(profiles: list) -> dict:
@@ -54,12 +47,16 @@ def job_profiles(spec: SearchSpec, store: JobStore, parent, report=print) -> lis
     )
 
 
-def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -> Selection:
-    """Build and store the front; skipped when its record exists."""
+def stage_selection(
+    spec: SearchSpec, store: JobStore, prepared: Prepared, report: Report = print
+) -> Selection:
+    """Build and store the front; skipped when its record exists (the profiles are then read
+    back: those the job measured are in its ``hwprofiles/`` already)."""
     if store.stage_done("selection"):
         rec = store.read_stage("selection")
         report(f"[selection] done before: {rec['points']} points")
-        return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
+        by_metric = phase_profiles(job_profiles(spec, store, prepared.parent, report))
+        return Selection(rec["points"], rec["primary_metric"], by_metric)
     from nas.library import library_frame
     from nas.pareto import CandidatePoint, Target, select_front, write_front
     from nas.selection.errors import SelectionError
@@ -131,7 +128,7 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
     }
     store.write_stage("selection", record)
     report(f"[selection] {len(result.front)} points on the front in {record['wall_s']:.1f}s")
-    return Selection(record["points"], primary, record["profiles"])
+    return Selection(record["points"], primary, by_metric)
 
 
 def _problem(spec: SearchSpec, store: JobStore, shape, frame, by_metric: dict, name: str):
@@ -199,7 +196,7 @@ def _forbidden(text: str) -> tuple[int | None, str]:
         raise SelectionError(f"strategy.forbid: {text!r} is not VARIANT or LAYER/VARIANT") from None
 
 
-def _strategy_points(spec: SearchSpec, prepared, problem, by_metric: dict, report) -> list:
+def _strategy_points(spec: SearchSpec, prepared: Prepared, problem, by_metric: dict, report) -> list:
     """Candidate points of the strategies that do not take budgets."""
     points: list = []
     names = spec.strategy.names
