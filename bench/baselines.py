@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench._report import OUT, write_table  # noqa: E402
 from compress.errors import UserError  # noqa: E402
+from nas.selection.problem import Choices  # noqa: E402
 
 PARENT = ("attention:parent", "ffn:parent")
 NOOP = ("attention:noop", "ffn:noop")
-Choices = tuple[tuple[str, str], ...]
 
 
 class BenchError(UserError):
@@ -328,17 +328,13 @@ def predicted_latency(store):
 
 
 def primary_profile(spec, store, parent):
-    from compress.latency import resolve_profiles
-    from compress.variants import parse_space
+    """The profile of the front's primary metric, as the students stage measures with."""
     from nas.pareto import read_meta
-    from nas.selection_stage import PHASE_METRIC
+    from nas.selection_stage import job_profiles, phase_profiles
+    from nas.stage_io import Selection
 
-    attention, ffn = parse_space(spec.space.attention, spec.space.ffn, parent.shape)
-    profiles = resolve_profiles(
-        spec.hardware, parent.adapter, attention + ffn, store.path("hwprofiles"), spec.model.source
-    )
-    primary = read_meta(store.dir).get("primary_metric")
-    return next((p for p in profiles if PHASE_METRIC[p.phase] == primary), profiles[0])
+    by_metric = phase_profiles(job_profiles(spec, store, parent, report=lambda m: None))
+    return Selection(0, read_meta(store.dir).get("primary_metric"), by_metric).primary_profile
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -94,3 +94,21 @@ def test_wheel_installs_and_runs_every_strategy_outside_the_repo(tmp_path):
     assert "puzzle-mip" in {p["strategy"] for p in front}
     for name in STRATEGIES[1:]:  # the strategies without budgets proposed their points
         assert f"[selection] {name}: " in log, (name, log[-2000:])
+
+
+def test_init_writes_the_shipped_files_and_refuses_to_overwrite(tmp_path):
+    from nas import api
+
+    written = api.init_folder(tmp_path)
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert "search_spaces/tiny.yaml" in names and "search_spaces/quickstart.yaml" in names
+    assert any(n.startswith("hwprofiles/") and n.endswith(".json") for n in names)
+    again = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "init", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert api.init_folder(tmp_path, force=True) == written
