@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-Choices = tuple[tuple[str, str], ...]  # per layer: (attention canonical, ffn canonical)
+from nas.selection.problem import Choices
 
 PARENT_LAYER = ("attention:parent", "ffn:parent")
 DROPPED_LAYER = ("attention:noop", "ffn:noop")
