@@ -103,7 +103,10 @@ def test_no_import_cycle():
 def test_compress_never_imports_nas():
     graph = _graph()
     leaks = sorted(
-        f"{v} -> {w}" for v, ws in graph.items() if v.startswith("compress") for w in ws
+        f"{v} -> {w}"
+        for v, ws in graph.items()
+        if v.startswith("compress")
+        for w in ws
         if w == "nas" or w.startswith("nas.")
     )
     assert not leaks, "compress imports nas: " + ", ".join(leaks)
