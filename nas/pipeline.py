@@ -46,49 +46,49 @@ def run_job(
 
 def _run_stages(spec: SearchSpec, store: JobStore, report: Report, until: str | None) -> dict:
     store.update_manifest(state="running")
-    timer = _StageTimer(store)
+    timer = _StageTimer(store, until)
     try:
         with timer("baseline"):
             prepared = stage_baseline(spec, store, report)
-        if until == "baseline":
-            return timer.stop(until)
         with timer("capture"):
             captured = stage_capture(spec, store, prepared, report)
-        if until == "capture":
-            return timer.stop(until)
         with timer("bld"):
             library = stage_bld(spec, store, prepared, captured, report)
-        if until == "bld":
-            return timer.stop(until)
         with timer("scoring"):
             stage_scoring(spec, store, prepared, library, report)
-        if until == "scoring":
-            return timer.stop(until)
         with timer("selection"):
             selection = stage_selection(spec, store, prepared, report)
-        if until == "selection":
-            return timer.stop(until)
         with timer("rerank"):
             stage_rerank(spec, store, prepared, report)
-        if until == "rerank":
-            return timer.stop(until)
         with timer("students"):
             stage_students(spec, store, prepared, selection, report)
+    except _StoppedAfter as stop:
+        return timer.stop(stop.stage)
     except BaseException:
         store.update_manifest(state="failed")
         raise
     return store.update_manifest(state="finished")
 
 
+class _StoppedAfter(Exception):
+    """The stage ``until`` named is done: the job stops here."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
 class _StageTimer:
-    """Records the current stage and each stage's wall seconds in the manifest.
+    """Records the current stage and each stage's wall seconds in the manifest, and stops the
+    run (``_StoppedAfter``) once the stage ``until`` names is done.
 
     Seconds accumulate over runs (an interrupted stage's time, then its resumed time); a stage
     done before this run only reads its outputs back and adds nothing.
     """
 
-    def __init__(self, store: JobStore):
+    def __init__(self, store: JobStore, until: str | None = None):
         self.store = store
+        self.until = until
         self.seconds = dict(store.manifest().get("stage_seconds", {}))
 
     @contextlib.contextmanager
@@ -103,6 +103,8 @@ class _StageTimer:
                 spent = time.perf_counter() - t0
                 self.seconds[stage] = round(float(self.seconds.get(stage, 0.0)) + spent, 2)
                 self.store.update_manifest(stage_seconds=self.seconds)
+        if stage == self.until and stage != STAGES[-1]:  # after the last one the job is finished
+            raise _StoppedAfter(stage)
 
     def stop(self, stage: str) -> dict:
         return self.store.update_manifest(state="stopped", stopped_after=stage)

@@ -58,7 +58,7 @@ from nas.service.schemas import (
     _errors,
     _json_body,
 )
-from nas.store import JOB_ID_MAX, JOB_ID_PATTERN, JobStore, list_jobs, new_job_id, validate_job_id
+from nas.store import JOB_ID_MAX, JOB_ID_PATTERN, JobStore, new_job_id, validate_job_id
 
 TOKEN_ENV = "NAS_API_TOKEN"
 Format = Literal["onnx", "tensorrt", "hf"]
@@ -389,7 +389,7 @@ def _job_task(results: Path, job_id: str) -> Task:
 
 def _requeue(results: Path, queue: Runner) -> None:
     """Jobs a previous service queued but never started go back in the queue."""
-    for row in sorted(list_jobs(results), key=lambda r: r["created"]):
+    for row in sorted(api.jobs(results), key=lambda r: r["created"]):
         if row["state"] == "queued":
             try:
                 queue.submit(_job_task(results, row["job_id"]))
