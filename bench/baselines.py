@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench._report import OUT, write_table  # noqa: E402
 from compress.errors import UserError  # noqa: E402
+from nas.selection.problem import Choices  # noqa: E402
 
 PARENT = ("attention:parent", "ffn:parent")
 NOOP = ("attention:noop", "ffn:noop")
-Choices = tuple[tuple[str, str], ...]
 
 
 class BenchError(UserError):
@@ -194,39 +194,6 @@ def at_speedup(rows: list[dict], target: float = 1.5, floor: float = 1.4) -> dic
 
 
 # --- measuring -----------------------------------------------------------------------------------
-def _parent_logits(parent, ids, batch_size: int):
-    import torch
-
-    with torch.no_grad():
-        return [parent(ids[i : i + batch_size]) for i in range(0, ids.shape[0], batch_size)]
-
-
-def _quality(student, ids, parent_logits, batch_size: int) -> dict:
-    """KL(parent || student) per position and perplexity on ``ids`` (parent logits cached)."""
-    import torch
-    import torch.nn.functional as F
-
-    from compress.evaluate import kl_from_logits
-
-    kl_sum = kl_n = nll_sum = nll_n = 0.0
-    with torch.no_grad():
-        for b, start in enumerate(range(0, ids.shape[0], batch_size)):
-            chunk = ids[start : start + batch_size]
-            logits = student(chunk)
-            kl = kl_from_logits(parent_logits[b], logits)
-            kl_sum += float(kl.sum())
-            kl_n += kl.numel()
-            nll_sum += float(
-                F.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                    chunk[:, 1:].reshape(-1),
-                    reduction="sum",
-                )
-            )
-            nll_n += chunk[:, 1:].numel()
-    return {"kl": kl_sum / kl_n, "perplexity": math.exp(nll_sum / nll_n)}
-
-
 def measure(
     points, parent, loader, settings, ids, batch_size: int, group: int, key=None, report=print
 ):
@@ -242,17 +209,22 @@ def measure(
 
     import numpy as np
 
+    from compress.evaluate import ParentLogits, evaluate
     from compress.latency import get_backend, time_graphs, whole_graph
     from compress.student import assemble_student
 
+    def quality(model, reference) -> dict:  # KL(parent || model) and perplexity
+        q = evaluate(model, ids, reference, batch_size)
+        return {"kl": q.kl, "perplexity": q.perplexity}
+
     backend = get_backend(settings)
-    parent_logits = _parent_logits(parent, ids, batch_size)
+    parent_logits = ParentLogits(parent, ids, batch_size)
     distinct = list(dict.fromkeys(c for _, _, c in points if c != (PARENT,) * len(c)))
     if key is not None:
         distinct.sort(key=key)
     results: dict = {}
     parent_key = (PARENT,) * parent.num_layers
-    results[parent_key] = {**_quality(parent, ids, parent_logits, batch_size), "kl": 0.0}
+    results[parent_key] = quality(parent, parent)  # one pass, KL exactly 0
     groups = [distinct[i : i + group] for i in range(0, len(distinct), group)] or [[]]
     parent_ms: list[float] = []
     for g, chunk in enumerate(groups):
@@ -260,7 +232,7 @@ def measure(
         graphs = {"parent": whole_graph(parent, settings)}
         for k, choices in enumerate(chunk):
             student = assemble_student(parent, [list(c) for c in choices], loader).eval()
-            results[choices] = _quality(student, ids, parent_logits, batch_size)
+            results[choices] = quality(student, parent_logits)  # parent logits cached
             graphs[str(k)] = whole_graph(student, settings)
             del student
         times = time_graphs(backend, graphs, settings)
@@ -356,17 +328,13 @@ def predicted_latency(store):
 
 
 def primary_profile(spec, store, parent):
-    from compress.latency import resolve_profiles
-    from compress.variants import parse_space
+    """The profile of the front's primary metric, as the students stage measures with."""
     from nas.pareto import read_meta
-    from nas.selection_stage import PHASE_METRIC
+    from nas.selection_stage import job_profiles, phase_profiles
+    from nas.stage_io import Selection
 
-    attention, ffn = parse_space(spec.space.attention, spec.space.ffn, parent.shape)
-    profiles = resolve_profiles(
-        spec.hardware, parent.adapter, attention + ffn, store.path("hwprofiles"), spec.model.source
-    )
-    primary = read_meta(store.dir).get("primary_metric")
-    return next((p for p in profiles if PHASE_METRIC[p.phase] == primary), profiles[0])
+    by_metric = phase_profiles(job_profiles(spec, store, parent, report=lambda m: None))
+    return Selection(0, read_meta(store.dir).get("primary_metric"), by_metric).primary_profile
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -437,15 +405,14 @@ def run(args) -> int:
     import torch
 
     from compress.latency import settings_of
-    from compress.loading import load_parent
     from compress.student import library_loader
+    from nas.baseline_stage import load_job_parent, prepare_data
     from nas.export import job_spec
-    from nas.pipeline import _dtype, prepare_data
 
     t0 = time.perf_counter()
     store = open_job(args.results, args.job)
     spec = job_spec(store)
-    parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
+    parent = load_job_parent(spec)
     parent.adapter.eval()
     splits = prepare_data(spec, store, parent)
     profile = primary_profile(spec, store, parent)

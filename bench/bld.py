@@ -73,10 +73,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from compress.library import read_records
-    from compress.loading import load_parent
+    from nas.baseline_stage import load_job_parent, prepare_data
     from nas.bld_stage import planned_variants, stage_bld, stage_capture
-    from nas.pipeline import Prepared, _dtype, prepare_data
     from nas.spec import load_spec
+    from nas.stage_io import Prepared
     from nas.store import JobStore
 
     spec = load_spec(args.spec)
@@ -84,7 +84,7 @@ def main() -> None:
     store = JobStore.create(root, "bench-bld", spec.model_dump(mode="json"), args.spec)
     with PeakRSS() as peak:
         t0 = time.perf_counter()
-        parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
+        parent = load_job_parent(spec)
         splits = prepare_data(spec, store, parent)
         load_s = time.perf_counter() - t0
         prepared = Prepared(parent, splits, baseline=None)

@@ -142,9 +142,9 @@ def main() -> None:
     import torch
 
     from compress.data import text_calibration
+    from compress.evaluate import evaluate
     from compress.export_onnx import export_onnx
     from compress.loading import load_parent
-    from compress.measured import quality
     from compress.student import assemble_student, library_loader
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -207,8 +207,8 @@ def main() -> None:
         times = timed_side_by_side(paths, args.seq, args.repeats, args.threads, shape.vocab_size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    q_parent = quality(parent.adapter, parent.adapter, splits.eval, batch_size=2)
-    q_student = quality(student, parent.adapter, splits.eval, batch_size=2)
+    q_parent = evaluate(parent.adapter, splits.eval, parent.adapter, 2).to_dict()
+    q_student = evaluate(student, splits.eval, parent.adapter, 2).to_dict()
     ratio_rounds = np.asarray(times["parent"]) / np.asarray(times["student"])
     rows = []
     for name, q in (("parent", q_parent), ("student", q_student)):

@@ -161,7 +161,7 @@ def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int
     """The point assembled from the job's library without GKD, measured on the job's eval sets."""
     from safetensors.torch import load_file
 
-    from compress.measured import quality
+    from compress.evaluate import evaluate
     from compress.student import assemble_student, library_loader
 
     student = assemble_student(
@@ -170,7 +170,7 @@ def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int
     out = {}
     for s in sets:
         tokens = load_file(str(job / "data" / f"eval__{s}.safetensors"))["tokens"]
-        out[s] = quality(student, parent.adapter, tokens, batch_size)
+        out[s] = evaluate(student, tokens, parent.adapter, batch_size).to_dict()
     return out
 
 

@@ -1,6 +1,6 @@
 """MIP speed and exactness on synthetic joint-block libraries, CBC and HiGHS side by side.
 
-Libraries (``nas.selection.synthetic.joint_problem``: roofline costs of a Llama-style layer, joint
+Libraries (``tests/synthetic.py``'s ``joint_problem``: roofline costs of a Llama-style layer, joint
 scores that are not the sum of the subblock scores):
 
 - ``80x16``: 80 layers x 16 joint blocks (2 attention x 8 FFN), a Llama-70B-like shape;
@@ -24,16 +24,20 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from compress.atomic import atomic_write_text
-from nas.selection import Infeasible, SolveTimeout, solve_mip
-from nas.selection.synthetic import joint_problem
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the synthetic libraries are a test fixture
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "bench"
+from compress.atomic import atomic_write_text  # noqa: E402
+from nas.selection import Infeasible, SolveTimeout, solve_mip  # noqa: E402
+from tests.synthetic import joint_problem  # noqa: E402
+
+OUT = ROOT / "results" / "bench"
 GOALS = {"median": 0.3, "worst": 1.5, "sweep": 6.0}  # CPU seconds, on 80x16
 RTOL = 1e-6
 

@@ -41,22 +41,17 @@ def main() -> int:
     args = ap.parse_args()
 
     if not args.report_only:
-        from compress.profile_cli import measure_profile_file
+        from compress.latency_backends import MeasureSettings
+        from compress.profile_cli import ProfileRequest, measure_profile_file
 
         if args.threads is None and args.profile.exists():
             args.threads = load_profile(args.profile).threads
 
-        measure_profile_file(
-            "smollm2-135m",
-            "onnxruntime-cpu",
-            "prefill",
-            1,
-            256,
-            args.profile,
-            threads=args.threads,
-            students=args.students,
-            seed=args.seed,
+        settings = MeasureSettings(phase="prefill", batch=1, seq=256, threads=args.threads)
+        request = ProfileRequest(
+            "smollm2-135m", args.profile, settings, students=args.students, seed=args.seed
         )
+        measure_profile_file(request)
     prof = load_profile(args.profile)
     val = prof.validation
     rows = []

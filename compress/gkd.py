@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from compress.evaluate import kl_from_logits
+from compress.evaluate import ParentLogits, evaluate, kl_from_logits
 from compress.model import BlockModel
 from compress.progress import track
 
@@ -40,20 +40,6 @@ class GKDSettings:
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.batch_size < 1 or self.lr <= 0 or self.hidden_weight < 0:
             raise ValueError(f"bad GKD settings {self}")
-
-
-@torch.no_grad()
-def eval_kl(
-    student: BlockModel, parent: BlockModel, tokens: torch.Tensor, batch_size: int = 8
-) -> float:
-    """Mean per-position KL(parent || student) in nats over ``tokens`` (N, S)."""
-    total, count = 0.0, 0
-    for start in range(0, tokens.shape[0], batch_size):
-        ids = tokens[start : start + batch_size]
-        kl = kl_from_logits(parent(ids), student(ids))
-        total += float(kl.sum())
-        count += kl.numel()
-    return total / max(count, 1)
 
 
 def gkd_loss(
@@ -95,8 +81,10 @@ def heal_student(
     record: dict = {"settings": asdict(settings), "steps": steps, "tokens": steps * batch * seq_len}
     was_training = parent.training
     parent.eval()
-    if eval_tokens is not None:
-        record["eval_kl_before"] = eval_kl(student, parent, eval_tokens)
+    reference = None
+    if eval_tokens is not None:  # the parent's eval logits, once for both checks
+        reference = ParentLogits(parent, eval_tokens)
+        record["eval_kl_before"] = evaluate(student, eval_tokens, reference).kl
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -128,8 +116,8 @@ def heal_student(
             f"[gkd] {steps} steps on {record['tokens']} tokens: loss {losses[0]:.4f} -> "
             f"{losses[-1]:.4f} in {record['seconds']:.1f}s"
         )
-    if eval_tokens is not None:
-        record["eval_kl_after"] = eval_kl(student, parent, eval_tokens)
+    if reference is not None:
+        record["eval_kl_after"] = evaluate(student, eval_tokens, reference).kl
     return student, record
 
 

@@ -25,7 +25,7 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -335,25 +335,26 @@ def ensure_profile(
 
 
 def resolve_profiles(
-    hardware,
+    files: Sequence[str | Path],
+    phases: Sequence[MeasureSettings],
     parent_model: BlockModel,
     variants: list[VariantSpec],
     out_dir: str | Path,
     model_source: str = "",
+    measure_missing: bool = False,
     report: Report = print,
 ) -> list[HardwareProfile]:
-    """Profiles for a spec's ``hardware`` section (duck-typed: ``profiles``, ``measure``,
-    ``phases``): named files are loaded and must cover ``variants`` (missing entries are
-    measured into ``out_dir`` copies when ``measure`` is set, else refused); each of ``phases``
-    is measured (or completed) into ``out_dir`` with ``measure``'s settings."""
-    from compress.profile import check_covers
+    """Profiles covering ``variants``, in order: each of ``files`` is loaded and must cover
+    them (with ``measure_missing``, a copy in ``out_dir`` is completed with the file's own
+    settings; without, ``ProfileCoverageError``); each of ``phases`` is measured (or completed)
+    into ``out_dir`` under its default name."""
+    from compress.profile import check_covers, profile_file_name
 
     out_dir = Path(out_dir)
     profiles = []
-    m = hardware.measure
-    for name in hardware.profiles:
+    for name in files:
         profile = load_profile(name)
-        if m is not None and missing_variants(profile, variants):
+        if measure_missing and missing_variants(profile, variants):
             copy_path = out_dir / Path(name).name
             if not copy_path.exists():
                 save_profile(profile, copy_path)
@@ -362,43 +363,13 @@ def resolve_profiles(
             )
         check_covers(profile, parent_model.shape, variants, where=str(name))
         profiles.append(profile)
-    for ph in hardware.phases:
-        if m is None:
-            raise UserError("hardware.phases needs hardware.measure (backend and settings)")
-        s = MeasureSettings(
-            backend=m.backend,
-            phase=ph.phase,
-            batch=ph.batch,
-            seq=ph.seq or 128,
-            context=ph.context or 512,
-            precision=m.precision,
-            threads=m.threads,
-            warmup=m.warmup,
-            repeats=m.repeats,
+    for s in phases:
+        name = profile_file_name(
+            s.backend, s.phase, s.batch, s.tokens, s.context, parent_model.shape.key
         )
-        probe = HardwareProfile(
-            device="",
-            backend=s.backend,
-            backend_version="",
-            threads=s.threads,
-            precision=s.precision,
-            phase=s.phase,
-            batch=s.batch,
-            seq=s.tokens,
-            context=s.context if s.phase == "decode" else 0,
-            shape=parent_model.shape,
-            entries={},
-            fixed=Timing(0, 0, 0),
-        )
-        path = out_dir / probe_name(probe)
+        path = out_dir / name
         profiles.append(ensure_profile(path, parent_model, variants, s, model_source, report))
     return profiles
-
-
-def probe_name(profile: HardwareProfile) -> str:
-    from compress.profile import default_profile_name
-
-    return default_profile_name(profile, profile.shape_key)
 
 
 def _now() -> str:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from compress.atomic import atomic_write_json
-from compress.errors import UserError
+from compress.errors import UserError, read_user_file
 from compress.shape import ModelShape
 
 SCHEMA_VERSION = 1
@@ -272,12 +272,7 @@ def save_profile(profile: HardwareProfile, path: str | Path) -> Path:
 def load_profile(path: str | Path) -> HardwareProfile:
     """Read and validate one profile file; raises ``ProfileError`` (one line, names the file)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(f"profile {path} does not exist") from None
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+    text = read_user_file(path, "profile", ProfileError)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -316,12 +311,20 @@ def check_covers(
     if missing:
         raise ProfileCoverageError(
             f"{prefix}profile ({profile.describe()}) has no entry for variant(s) "
-            f"{', '.join(missing)}; re-measure with `nas profile ... --variants` or let the spec "
-            "measure missing entries (hardware.measure)"
+            f"{', '.join(missing)}; re-measure it with these variants"
         )
 
 
 def default_profile_name(profile: HardwareProfile, model_name: str) -> str:
     """``BACKEND__MODEL__prefill-bB-sS.json`` or ``BACKEND__MODEL__decode-bB-cC.json``."""
-    where = f"s{profile.seq}" if profile.phase == "prefill" else f"c{profile.context}"
-    return f"{profile.backend}__{model_name}__{profile.phase}-b{profile.batch}-{where}.json"
+    return profile_file_name(
+        profile.backend, profile.phase, profile.batch, profile.seq, profile.context, model_name
+    )
+
+
+def profile_file_name(
+    backend: str, phase: str, batch: int, seq: int, context: int, model_name: str
+) -> str:
+    """The default file name of a profile with these settings (``default_profile_name``)."""
+    where = f"s{seq}" if phase == "prefill" else f"c{context}"
+    return f"{backend}__{model_name}__{phase}-b{batch}-{where}.json"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.latency_backends import MeasureSettings
 from compress.profile import HardwareProfile, load_profile, save_profile
 from compress.shape import ModelShape
 from compress.variants import VariantSpec, parse_space
@@ -23,11 +25,15 @@ def default_variants(shape: ModelShape) -> list[VariantSpec]:
     return attention + ffn
 
 
+# (attention entries, FFN entries) as a search space lists them: "kv_heads=2", 0.5, "noop", ...
+SpaceEntries = tuple[Sequence[str | float], Sequence[str | float]]
+
+
 def choose_variants(
-    shape: ModelShape, variants: list[str] | None = None, space=None
+    shape: ModelShape, variants: list[str] | None = None, space: SpaceEntries | None = None
 ) -> list[VariantSpec]:
-    """``variants`` (canonical strings; parents added), else a spec's ``space`` section
-    (duck-typed: ``attention``, ``ffn``), else ``default_variants``. Raises ``UserError``."""
+    """``variants`` (canonical strings; parents added), else the ``space`` entries, else
+    ``default_variants``. Raises ``UserError``."""
     try:
         if variants:
             specs = [VariantSpec.parse(v) for v in variants]
@@ -36,56 +42,49 @@ def choose_variants(
             base = [VariantSpec("attention", "parent"), VariantSpec("ffn", "parent")]
             return list(dict.fromkeys(base + specs))
         if space is not None:
-            attention, ffn = parse_space(list(space.attention), list(space.ffn), shape)
+            attention, ffn = parse_space(list(space[0]), list(space[1]), shape)
             return attention + ffn
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return default_variants(shape)
 
 
+@dataclass(frozen=True)
+class ProfileRequest:
+    """One ``nas profile`` measurement: the model (HF folder, ``.gguf`` or a default model's
+    name), the file to write, how to measure (``settings``), which variants (``variants``:
+    canonical strings, else ``space``: attention and FFN entries as a spec's space lists them,
+    else ``default_variants``) and how many random students validate the profile."""
+
+    model: str
+    out: Path
+    settings: MeasureSettings = field(default_factory=MeasureSettings)
+    variants: tuple[str, ...] = ()
+    space: SpaceEntries | None = None
+    students: int = 8
+    seed: int = 0
+
+
 def measure_profile_file(
-    model: str,
-    backend: str,
-    phase: str,
-    batch: int,
-    seq: int,
-    out: str | Path,
-    context: int = 512,
-    variants: list[str] | None = None,
-    space=None,
-    threads: int | None = None,
-    precision: str = "fp32",
-    students: int = 8,
-    seed: int = 0,
-    stack: int = 8,
-    repeats: int | None = None,
-    report: Callable[[str], None] = print,
-    min_block_ms: float = 50.0,
+    request: ProfileRequest, report: Callable[[str], None] = print
 ) -> HardwareProfile:
-    """Load ``model``, measure its profile (with validation on ``students`` random students),
-    write it atomically to ``out`` and return it. The backend is checked before the model
-    loads, so an unavailable backend fails fast in one line."""
-    from compress.latency import MeasureSettings, get_backend, measure_profile
+    """Load the request's model, measure its profile (validated on ``request.students`` random
+    students), write it atomically to ``request.out`` and return it. The backend is checked
+    before the model loads, so an unavailable backend fails fast in one line."""
+    from compress.latency import get_backend, measure_profile
     from compress.loading import load_parent
 
-    settings = MeasureSettings(
-        backend=backend,
-        phase=phase,
-        batch=batch,
-        seq=seq,
-        context=context,
-        precision=precision,
-        threads=threads,
-        stack=stack,
-        repeats=repeats,
-        min_block_ms=min_block_ms,
-    )
+    settings = request.settings
     get_backend(settings)  # raises BackendUnavailable before any work
-    parent = load_parent(model)
-    specs = choose_variants(parent.shape, variants, space)
-    report(f"profiling {parent.shape.key}: {len(specs)} variants on {backend} ({phase})")
-    profile = measure_profile(parent.adapter, specs, settings, model, students, seed, report)
-    save_profile(profile, out)
+    parent = load_parent(request.model)
+    specs = choose_variants(parent.shape, list(request.variants), request.space)
+    report(
+        f"profiling {parent.shape.key}: {len(specs)} variants on {settings.backend} ({settings.phase})"
+    )
+    profile = measure_profile(
+        parent.adapter, specs, settings, request.model, request.students, request.seed, report
+    )
+    save_profile(profile, request.out)
     return profile
 
 

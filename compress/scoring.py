@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compress.atomic import atomic_write_json
 from compress.errors import UserError
-from compress.evaluate import kl_from_logits
+from compress.evaluate import QualityMeter
 from compress.model import BlockModel
 
 _META = "meta.json"
@@ -181,7 +180,7 @@ def score_from_layer(
     """
     t0 = time.perf_counter()
     dtype = next(adapter.parameters()).dtype
-    kl_sum, loss_sum, agree, positions, targets = 0.0, 0.0, 0, 0, 0
+    meter = QualityMeter()
     n = cache.num_sequences
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -192,22 +191,13 @@ def score_from_layer(
                 x = adapter.layers[i](x)
         logits = adapter.head(x).float()  # (b, S, vocab)
         parent_logits = adapter.head(cache.final(start, stop).to(dtype)).float()
-        kl_sum += float(kl_from_logits(parent_logits, logits).sum())
-        loss_sum += float(
-            F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]),
-                ids[:, 1:].reshape(-1),
-                reduction="sum",
-            )
-        )
-        agree += int((logits.argmax(-1) == parent_logits.argmax(-1)).sum())
-        positions += ids.numel()
-        targets += ids[:, 1:].numel()
+        meter.add(ids, logits, parent_logits)
+    q = meter.result()
     return ReplaceScores(
-        kl=kl_sum / max(positions, 1),
-        lm_loss=loss_sum / max(targets, 1),
-        top1=agree / max(positions, 1),
-        tokens=positions,
+        kl=q.kl,
+        lm_loss=q.lm_loss,
+        top1=q.top1,
+        tokens=n * cache.tokens.shape[1],
         seconds=time.perf_counter() - t0,
     )
 

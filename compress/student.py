@@ -261,14 +261,14 @@ def save_student(
 
     ``choices`` default to ``infer_choices(model)``; given ones must match the modules.
     ``hf_config`` (the parent's HF config as a dict) is kept for reference. ``hf_names``:
-    tensors are named as transformers names them (``compress.export.hf.hf_key``) and the
+    tensors are named as transformers names them (``compress.export.hf_names.hf_key``) and the
     rotary frequencies are kept in ``student.json`` too; ``rotary_in_weights=False`` leaves
     them out of the weight file (a plain ``LlamaForCausalLM`` computes its own). Returns the
     folder.
     """
     from safetensors.torch import save_file
 
-    from compress.export.hf import hf_key
+    from compress.export.hf_names import hf_key
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,7 +346,7 @@ def load_student(folder: str | os.PathLike, tokenizer: bool = True) -> LoadedStu
     """
     from safetensors import safe_open
 
-    from compress.export.hf import hf_key
+    from compress.export.hf_names import hf_key
 
     folder = Path(folder)
     config = read_student_config(folder)

@@ -8,7 +8,6 @@ ratios of the parent's width) into canonical specs for one model shape.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,10 +58,6 @@ class VariantSpec:
         return self.type == "parent"
 
     @property
-    def has_params(self) -> bool:
-        return self.type != "noop"
-
-    @property
     def trainable(self) -> bool:
         """Variants BLD trains: everything but the parent itself and no-ops."""
         return self.type not in ("parent", "noop")
@@ -78,13 +73,6 @@ class VariantSpec:
             return cls(kind, rest)
         except ValueError as exc:
             raise ValueError(f"bad variant {text!r}: {exc}") from None
-
-    def to_json(self) -> str:
-        return json.dumps(str(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> VariantSpec:
-        return cls.parse(json.loads(text))
 
     def check(self, shape: ModelShape) -> None:
         """Raise ``ValueError`` if this variant cannot be built for ``shape``."""

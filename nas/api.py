@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nas.pipeline import run_job
 from nas.spec import SearchSpec, load_spec
 from nas.store import DEFAULT_RESULTS, JobStore, list_jobs, new_job_id
 
+if TYPE_CHECKING:
+    from compress.profile import HardwareProfile
+    from compress.profile_cli import ProfileRequest
+
 
 def validate(spec_path: str | Path) -> SearchSpec:
     """Load and check a spec, including that its eval sets share no document with its
     calibration sources (reads the text sources); raises ``SpecError`` or ``DataError``."""
-    from nas.pipeline import check_eval_sets
+    from nas.baseline_stage import check_eval_sets
 
     spec = load_spec(spec_path)
     check_eval_sets(spec)
     return spec
+
+
+def init_folder(folder: str | Path, force: bool = False) -> list[Path]:
+    """Write the shipped specs and profiles into ``folder`` (see ``nas.shipped``)."""
+    from nas.shipped import init_folder as write_shipped
+
+    return write_shipped(folder, force)
 
 
 def results_root(spec: SearchSpec | None, results: str | Path | None) -> Path:
@@ -37,15 +49,24 @@ def run(
 ) -> JobStore:
     """Create a job from a spec file and run its pipeline; returns the job's store."""
     spec = load_spec(spec_path)
-    store = JobStore.create(
-        results_root(spec, results),
-        job_id or new_job_id(spec.name),
-        spec.model_dump(mode="json"),
-        str(Path(spec_path).resolve()),
-    )
+    store = create_job(spec, job_id, results_root(spec, results), Path(spec_path).resolve())
     report(f"job {store.job_id} -> {store.dir}")
     run_job(spec, store, report, until=until)
     return store
+
+
+def create_job(
+    spec: SearchSpec,
+    job_id: str | None,
+    results: str | Path,
+    spec_path: str | Path | None = None,
+    state: str = "created",
+) -> JobStore:
+    """A new job folder for ``spec`` under ``results`` (id: ``job_id`` or a fresh one);
+    ``JobBusy`` when the id is taken."""
+    job_id = job_id or new_job_id(spec.name)
+    path = str(spec_path) if spec_path is not None else None
+    return JobStore.create(results, job_id, spec.model_dump(mode="json"), path, state)
 
 
 def resume(
@@ -112,6 +133,13 @@ def export_point(
     return _export(store, point_id, fmt, out_dir, precision=precision, report=report)
 
 
+def point(job_id: str, point_id: str, results: str | Path | None = None) -> dict:
+    """The record of one point of a job's front; ``NotFound`` naming known ids when missing."""
+    from nas.export import find_point
+
+    return find_point(JobStore.open(results_root(None, results), job_id), point_id)
+
+
 def clean(job_id: str, results: str | Path | None = None) -> dict:
     """Remove a finished job's intermediates; returns bytes before/after/freed and what went.
     Raises ``JobError`` while the job is not finished."""
@@ -165,57 +193,24 @@ def plot_pareto(
     """Write the job's latency-vs-quality plot (``.png`` or ``.html``); returns the path.
     ``quality``: eval sets (``SET`` or ``SET:kl``) to plot against measured latency (default:
     all of the job's)."""
-    from nas.pareto import plot_front
+    from nas.pareto_plot import plot_job
 
     store = JobStore.open(results_root(None, results), job_id)
-    return plot_front(store.dir, path, quality)
+    return plot_job(store.dir, Path(path), quality)
 
 
-def profile(
-    model: str,
-    backend: str,
-    phase: str,
-    batch: int,
-    seq: int,
-    out: str | Path,
-    context: int = 512,
-    variants: list[str] | None = None,
-    space: str | Path | None = None,
-    threads: int | None = None,
-    precision: str = "fp32",
-    students: int = 8,
-    seed: int = 0,
-    stack: int = 8,
-    repeats: int | None = None,
-    report=print,
-    min_block_ms: float = 50.0,
-):
-    """Measure a hardware profile of ``model``'s shape and write it to ``out``.
+def spec_space(spec_path: str | Path) -> tuple[list, list]:
+    """The (attention, FFN) entries of a spec file's ``space`` (for ``ProfileRequest.space``)."""
+    space = load_spec(spec_path).space
+    return list(space.attention), list(space.ffn)
 
-    Variants: ``variants`` (canonical strings), else the space of the spec file ``space``, else
-    ``compress.profile_cli.default_variants``. Raises ``UserError`` subclasses for bad input."""
+
+def profile(request: ProfileRequest, report=print) -> HardwareProfile:
+    """Measure the hardware profile a ``compress.profile_cli.ProfileRequest`` describes and
+    write it to ``request.out``; returns it. Raises ``UserError`` subclasses for bad input."""
     from compress.profile_cli import measure_profile_file
 
-    spec_space = load_spec(space).space if space is not None else None
-    return measure_profile_file(
-        model,
-        backend,
-        phase,
-        batch,
-        seq,
-        out,
-        context,
-        variants,
-        spec_space,
-        threads,
-        precision,
-        students,
-        seed,
-        stack,
-        repeats,
-        report,
-        min_block_ms,
-    )
+    return measure_profile_file(request, report)
 
 
 def validate_profile(path: str | Path, students: int = 8, seed: int = 0, report=print):

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from nas.pareto import FrontResult, _non_dominated
+from nas.front_select import FrontResult
+from nas.selection.dominance import non_dominated
 
 THROUGHPUT = "decode_throughput_tps"
 
@@ -45,11 +46,11 @@ def merge_batches(results: Mapping[int, FrontResult]) -> FrontResult:
     objectives = [c for c in meta["objectives"] if c not in ("predicted_kl",)]
     objectives = [c for c in objectives if c != "predicted_decode_latency_ms"]
     candidates = pd.concat([best, first], ignore_index=True).drop_duplicates("point_id")
-    records = candidates.to_dict("records")
-    for record in records:
-        record["_neg_tps"] = -record[THROUGHPUT]
-    kept = _non_dominated(records, [*objectives, "_neg_tps"])
-    front = pd.DataFrame(kept, columns=[*candidates.columns, "_neg_tps"]).drop(columns="_neg_tps")
+    keys = [*objectives, "predicted_kl"]
+    kept = non_dominated(
+        candidates.to_dict("records"), lambda r: (*(r[k] for k in keys), -r[THROUGHPUT])
+    )
+    front = pd.DataFrame(kept, columns=candidates.columns)
     front = front.sort_values(
         [THROUGHPUT, "predicted_kl"], ascending=[False, True], ignore_index=True
     )

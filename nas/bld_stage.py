@@ -18,8 +18,6 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from compress.progress import progress
@@ -27,31 +25,8 @@ from compress.variants import VariantSpec, parse_space
 from nas.errors import JobError
 from nas.ray_runtime import as_completed, task_options
 from nas.spec import SearchSpec
+from nas.stage_io import BLDResult, Captured, Prepared, Report
 from nas.store import JobStore
-
-Report = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Captured:
-    """Output of the capture stage: the two activation folders."""
-
-    train_dir: Path
-    heldout_dir: Path
-    train_tokens: int
-    heldout_tokens: int
-
-
-@dataclass(frozen=True)
-class BLDResult:
-    """Output of the BLD stage. ``complete`` is False when ``limit`` stopped it early."""
-
-    library_dir: Path
-    total: int
-    trained: int
-    skipped: int
-    complete: bool
-    wall_s: float
 
 
 def bld_config(spec: SearchSpec):
@@ -97,7 +72,9 @@ def planned_variants(
     ]
 
 
-def prefiltered(spec: SearchSpec, store: JobStore, prepared, report: Report = print) -> dict | None:
+def prefiltered(
+    spec: SearchSpec, store: JobStore, prepared: Prepared, report: Report = print
+) -> dict | None:
     """``space.prefilter``: the DisWOT-ranked variants kept per layer and kind, decided once.
 
     The choice is stored in ``bld/prefilter.json`` so a resumed job trains the same set.
@@ -127,7 +104,9 @@ def prefiltered(spec: SearchSpec, store: JobStore, prepared, report: Report = pr
 
 
 # --- capture ----------------------------------------------------------------------------------
-def stage_capture(spec: SearchSpec, store: JobStore, prepared, report: Report = print) -> Captured:
+def stage_capture(
+    spec: SearchSpec, store: JobStore, prepared: Prepared, report: Report = print
+) -> Captured:
     """Capture the parent's activations for BLD (reused when already on disk for these tokens)."""
     from compress.capture import capture, read_meta
 
@@ -232,7 +211,7 @@ def _save_parent_blocks(store: JobStore, adapter, keys: set[tuple[int, str]]) ->
 def stage_bld(
     spec: SearchSpec,
     store: JobStore,
-    prepared,
+    prepared: Prepared,
     captured: Captured,
     report: Report = print,
     limit: int | None = None,

@@ -46,6 +46,20 @@ def validate(spec: Path = typer.Argument(..., help="search spec (YAML)")) -> Non
     )
 
 
+@app.command("init")
+def init_cmd(
+    folder: Path = typer.Argument(
+        Path("."), help="folder to write search_spaces/ and hwprofiles/ into"
+    ),
+    force: bool = typer.Option(False, "--force", help="overwrite files that exist"),
+) -> None:
+    """Write the shipped specs and measured profiles into FOLDER (for an installed package)."""
+    from nas import api
+
+    written = api.init_folder(folder, force)
+    _say(f"wrote {len(written)} files under {folder} (search_spaces/, hwprofiles/)")
+
+
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="search spec (YAML)"),
@@ -407,23 +421,29 @@ def profile_cmd(
         return
     if model is None or out is None:
         raise UserError("nas profile needs --model and --out (or --validate FILE)")
-    prof = api.profile(
+    from compress.latency_backends import MeasureSettings
+    from compress.profile_cli import ProfileRequest
+
+    settings = MeasureSettings(
+        backend=backend,
+        phase=phase,
+        batch=batch,
+        seq=seq,
+        context=context,
+        precision=precision,
+        threads=threads,
+        stack=stack,
+    )
+    request = ProfileRequest(
         model,
-        backend,
-        phase,
-        batch,
-        seq,
         out,
-        context,
-        variants,
-        space,
-        threads,
-        precision,
+        settings,
+        tuple(variants or ()),
+        api.spec_space(space) if space is not None else None,
         students,
         seed,
-        stack,
-        report=_say,
     )
+    prof = api.profile(request, report=_say)
     mape = f", MAPE {prof.validation.mape:.2f} %" if prof.validation else ""
     _say(f"wrote {out}: {len(prof.entries)} entries, fixed {prof.fixed_ms:.3f} ms{mape}")
 

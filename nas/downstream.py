@@ -191,9 +191,8 @@ def evaluate_points(
     ``limit``: at most this many items per task. Returns ``{point id: record}``. Raises
     ``JobError`` for an unknown job or point, ``EvalError`` for an unknown task, a missing
     lm-eval, or a task whose data cannot be loaded."""
-    from compress.loading import load_parent
+    from nas.baseline_stage import load_job_parent
     from nas.export import find_point, job_spec, read_front
-    from nas.pipeline import _dtype
 
     tasks = list(tasks or DEFAULT_TASKS)
     if limit is not None and limit < 1:
@@ -205,7 +204,7 @@ def evaluate_points(
             find_point(store, point_id)  # one line naming the known ids, before any work
     manager = task_manager(tasks)
     spec = job_spec(store)
-    parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
+    parent = load_job_parent(spec)
     max_length = int(getattr(parent.hf_model.config, "max_position_embeddings", 2048) or 2048)
     import lm_eval
 

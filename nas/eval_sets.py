@@ -31,7 +31,7 @@ def measured_columns(meta: dict) -> list[str]:
 
 
 def measured_set_values(name: str, quality: dict) -> dict:
-    """A ``compress.measured.quality`` record as the set's columns."""
+    """A ``compress.evaluate.Quality.to_dict()`` record as the set's columns."""
     return {f"measured_{m}@{name}": float(quality[m]) for m in SET_METRICS}
 
 

@@ -123,7 +123,7 @@ def job_spec(store: JobStore) -> SearchSpec:
 
 def job_splits(spec: SearchSpec, store: JobStore, parent):
     """The job's calibration splits (made and stored if the job has none yet)."""
-    from nas.pipeline import prepare_data
+    from nas.baseline_stage import prepare_data
 
     return prepare_data(spec, store, parent)
 
@@ -262,10 +262,9 @@ def export_point(
             from compress.export_tensorrt import import_tensorrt
 
             import_tensorrt()
-        from compress.loading import load_parent
-        from nas.pipeline import _dtype
+        from nas.baseline_stage import load_job_parent
 
-        parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
+        parent = load_job_parent(spec)
         if point is None:
             point = parent_point(parent.shape.num_layers)
             student, gkd = parent.adapter, None

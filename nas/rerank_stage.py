@@ -18,21 +18,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 
 from compress.atomic import atomic_write_json
+from nas.selection.dominance import non_dominated
 from nas.spec import SearchSpec
+from nas.stage_io import Prepared, Report, Rerank
 from nas.store import JobStore
 
 
-@dataclass(frozen=True)
-class Rerank:
-    budgets: int
-    measured: int
-    changed: int
-
-
-def stage_rerank(spec: SearchSpec, store: JobStore, prepared, report=print) -> Rerank:
+def stage_rerank(
+    spec: SearchSpec, store: JobStore, prepared: Prepared, report: Report = print
+) -> Rerank:
     if store.stage_done("rerank"):
         rec = store.read_stage("rerank")
         report(f"[rerank] done before: {rec['changed']} of {rec['budgets']} budgets changed")
@@ -44,7 +40,7 @@ def stage_rerank(spec: SearchSpec, store: JobStore, prepared, report=print) -> R
     if spec.strategy.solutions_per_budget <= 1 or alternates.empty:
         store.write_stage("rerank", {"budgets": 0, "measured": 0, "changed": 0, "wall_s": 0.0})
         return Rerank(0, 0, 0)
-    from compress.measured import KLReference
+    from compress.evaluate import ParentLogits, evaluate
     from compress.progress import track
     from compress.student import assemble_student, library_loader
 
@@ -61,9 +57,9 @@ def stage_rerank(spec: SearchSpec, store: JobStore, prepared, report=print) -> R
             scores[pid] = json.loads(path.read_text())["kl"]
             continue
         if reference is None:
-            reference = KLReference(parent, tokens, spec.scoring.batch_size)
+            reference = ParentLogits(parent, tokens, spec.scoring.batch_size)
         student = assemble_student(parent, [tuple(c) for c in row["choices"]], load).eval()
-        scores[pid] = reference.kl(student)
+        scores[pid] = evaluate(student, tokens, reference).kl
         atomic_write_json(path, {"point_id": pid, "kl": scores[pid], "tokens": int(tokens.numel())})
         store.set_progress("rerank", i + 1, len(unique))
     front = read_front(store.dir)
@@ -110,16 +106,10 @@ def reranked_front(front, alternates, scores: dict[str, float]):
         changed += int(best["point_id"] not in predicted)
         best_rows.append(best)
     cost = front.attrs.get("meta", {}).get("primary_column") or "predicted_kl"
-    winners = []
+    firsts: dict[str, dict] = {}  # a point best for two budgets stays once, as the first
     for row in best_rows:
-        beaten = any(
-            other[cost] <= row[cost]
-            and scores[other["point_id"]] <= scores[row["point_id"]]
-            and (other[cost], scores[other["point_id"]]) != (row[cost], scores[row["point_id"]])
-            for other in best_rows
-        )
-        if not beaten and row["point_id"] not in {w["point_id"] for w in winners}:
-            winners.append(row)
+        firsts.setdefault(row["point_id"], row)
+    winners = non_dominated(list(firsts.values()), lambda r: (r[cost], scores[r["point_id"]]))
     out = pd.concat([kept, pd.DataFrame(winners, columns=front.columns)], ignore_index=True)
     out["rerank_kl"] = [scores.get(pid) for pid in out["point_id"]]
     out = out.sort_values([cost, "predicted_kl"], kind="stable", ignore_index=True)

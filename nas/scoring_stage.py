@@ -17,29 +17,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from compress.atomic import atomic_write_json
 from compress.variants import VariantSpec
 from nas.spec import SearchSpec
+from nas.stage_io import BLDResult, Prepared, Report, ScoringResult
 from nas.store import JobStore
 
 SCORES_DIR = "scores"
 CACHE_DIR = ("scoring", "cache")
-SCORE_COLUMNS = ("kl", "lm_loss", "top1")
 JOINT_DIR = "joint"
-
-
-@dataclass(frozen=True)
-class ScoringResult:
-    """Output of the stage: where the scores are, how many exist, how many this run made."""
-
-    scores_dir: Path
-    scored: int
-    computed: int
-    wall_s: float
 
 
 def score_file_name(layer: int, spec: VariantSpec | str) -> str:
@@ -83,14 +71,6 @@ def read_scores(job_dir: str | Path) -> list[dict]:
     return sorted(rows, key=lambda r: (r["layer"], r["variant"]))
 
 
-def scores_frame(job_dir: str | Path):
-    """The scores as a pandas DataFrame: layer, kind, variant, kl, lm_loss, top1, tokens, seconds."""
-    import pandas as pd
-
-    columns = ["layer", "kind", "variant", *SCORE_COLUMNS, "tokens", "seconds"]
-    return pd.DataFrame(read_scores(job_dir), columns=columns)
-
-
 def variants_to_score(spec: SearchSpec, shape, library_dir: Path) -> list[tuple[int, VariantSpec]]:
     """(layer, variant) pairs: the library's trained variants + the space's parent/noop ones."""
     from compress.library import read_records
@@ -106,12 +86,16 @@ def variants_to_score(spec: SearchSpec, shape, library_dir: Path) -> list[tuple[
 
 
 def stage_scoring(
-    spec: SearchSpec, store: JobStore, prepared, report: Callable[[str], None] = print
+    spec: SearchSpec,
+    store: JobStore,
+    prepared: Prepared,
+    bld: BLDResult,
+    report: Report = print,
 ) -> ScoringResult:
     """Score what is missing (Ray tasks, one per layer), then record the stage.
 
-    ``prepared`` is the baseline stage's output (parent and calibration splits). The stage is
-    recorded as done only once the BLD stage is (a partial library is scored as far as it
+    ``prepared`` is the baseline stage's output (parent and calibration splits), ``bld`` the
+    BLD stage's (its library folder). The stage is recorded as done only once the BLD stage is (a partial library is scored as far as it
     goes, and a resumed job scores the rest). Raises ``JobError`` when a task fails.
     """
     scores_dir = store.path(SCORES_DIR)
@@ -121,7 +105,7 @@ def stage_scoring(
         return ScoringResult(scores_dir, rec["scored"], 0, rec["wall_s"])
     t0 = time.perf_counter()
     parent, splits = prepared.parent, prepared.splits
-    library_dir = store.path("library")
+    library_dir = bld.library_dir
     pairs = [(layer, str(v)) for layer, v in variants_to_score(spec, parent.shape, library_dir)]
     if spec.scoring.blocks == "joint":
         pairs += joint_pairs([(layer, VariantSpec.parse(v)) for layer, v in pairs])

@@ -8,19 +8,12 @@ runs every strategy the spec names (``puzzle-mip`` per budget; ``amoeba-dp`` and
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from nas.spec import SearchSpec
+from nas.stage_io import Prepared, Report, Selection
 from nas.store import JobStore
 
 PHASE_METRIC = {"prefill": "prefill_latency_ms", "decode": "decode_latency_ms"}
-
-
-@dataclass(frozen=True)
-class Selection:
-    points: int
-    primary_metric: str
-    profiles: dict  # metric -> profile file name
 
 
 def phase_profiles(profiles: list) -> dict:
@@ -34,32 +27,63 @@ def phase_profiles(profiles: list) -> dict:
 def job_profiles(spec: SearchSpec, store: JobStore, parent, report=print) -> list:
     """The spec's hardware profiles covering its space (missing entries measured into the
     job's ``hwprofiles/``); raises ``SelectionError`` when the spec names none."""
-    from compress.latency import resolve_profiles
+    from compress.latency import MeasureSettings, resolve_profiles
+    from compress.profile import ProfileCoverageError
     from compress.variants import parse_space
+    from nas.errors import SpecError
     from nas.selection.errors import SelectionError
 
-    if not spec.hardware.profiles and not spec.hardware.phases:
+    hw, m = spec.hardware, spec.hardware.measure
+    if not hw.profiles and not hw.phases:
         raise SelectionError(
             "hardware: name profile files (hardware.profiles) or phases to measure "
             "(hardware.phases with hardware.measure); see `nas profile`"
         )
+    if hw.phases and m is None:
+        raise SpecError("hardware.phases needs hardware.measure (backend and settings)")
+    phases = [
+        MeasureSettings(
+            backend=m.backend,
+            phase=ph.phase,
+            batch=ph.batch,
+            seq=ph.seq or 128,
+            context=ph.context or 512,
+            precision=m.precision,
+            threads=m.threads,
+            warmup=m.warmup,
+            repeats=m.repeats,
+        )
+        for ph in hw.phases
+    ]
     attention, ffn = parse_space(spec.space.attention, spec.space.ffn, parent.shape)
-    return resolve_profiles(
-        spec.hardware,
-        parent.adapter,
-        attention + ffn,
-        store.path("hwprofiles"),
-        spec.model.source,
-        report=report,
-    )
+    try:
+        return resolve_profiles(
+            hw.profiles,
+            phases,
+            parent.adapter,
+            attention + ffn,
+            store.path("hwprofiles"),
+            spec.model.source,
+            measure_missing=m is not None,
+            report=report,
+        )
+    except ProfileCoverageError as exc:
+        if m is not None or "no entry" not in str(exc):
+            raise
+        hint = "or set hardware.measure so the job measures missing entries"
+        raise ProfileCoverageError(f"{exc}, {hint}") from None
 
 
-def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -> Selection:
-    """Build and store the front; skipped when its record exists."""
+def stage_selection(
+    spec: SearchSpec, store: JobStore, prepared: Prepared, report: Report = print
+) -> Selection:
+    """Build and store the front; skipped when its record exists (the profiles are then read
+    back: those the job measured are in its ``hwprofiles/`` already)."""
     if store.stage_done("selection"):
         rec = store.read_stage("selection")
         report(f"[selection] done before: {rec['points']} points")
-        return Selection(rec["points"], rec["primary_metric"], rec["profiles"])
+        by_metric = phase_profiles(job_profiles(spec, store, prepared.parent, report))
+        return Selection(rec["points"], rec["primary_metric"], by_metric)
     from nas.library import library_frame
     from nas.pareto import CandidatePoint, Target, select_front, write_front
     from nas.selection.errors import SelectionError
@@ -131,7 +155,7 @@ def stage_selection(spec: SearchSpec, store: JobStore, prepared, report=print) -
     }
     store.write_stage("selection", record)
     report(f"[selection] {len(result.front)} points on the front in {record['wall_s']:.1f}s")
-    return Selection(record["points"], primary, record["profiles"])
+    return Selection(record["points"], primary, by_metric)
 
 
 def _problem(spec: SearchSpec, store: JobStore, shape, frame, by_metric: dict, name: str):
@@ -199,7 +223,9 @@ def _forbidden(text: str) -> tuple[int | None, str]:
         raise SelectionError(f"strategy.forbid: {text!r} is not VARIANT or LAYER/VARIANT") from None
 
 
-def _strategy_points(spec: SearchSpec, prepared, problem, by_metric: dict, report) -> list:
+def _strategy_points(
+    spec: SearchSpec, prepared: Prepared, problem, by_metric: dict, report
+) -> list:
     """Candidate points of the strategies that do not take budgets."""
     points: list = []
     names = spec.strategy.names

@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compress.errors import read_user_file
 from compress.shape import DEFAULT_MODELS
 from nas.errors import SpecError
 
@@ -387,12 +388,7 @@ class SearchSpec(_Section):
 def load_spec(path: str | Path) -> SearchSpec:
     """Read, validate and resolve a spec file. Raises ``SpecError`` with a one-line message."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"spec file {path} does not exist") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+    text = read_user_file(path, "spec file", SpecError)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

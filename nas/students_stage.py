@@ -11,29 +11,30 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 from compress.atomic import atomic_write_json
 from nas.spec import SearchSpec
+from nas.stage_io import Prepared, Report, Selection, Students
 from nas.store import JobStore
 
 
-@dataclass(frozen=True)
-class Students:
-    measured: int
-    exported: dict  # point id -> list of formats
-
-
-def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) -> Students:
+def stage_students(
+    spec: SearchSpec,
+    store: JobStore,
+    prepared: Prepared,
+    selection: Selection,
+    report: Report = print,
+) -> Students:
+    """Build, measure (with ``selection``'s primary profile) and export every front point."""
     if store.stage_done("students"):
         rec = store.read_stage("students")
         report(f"[students] done before: {rec['measured']} points measured")
         return Students(rec["measured"], rec["exported"])
-    from compress.measured import profile_latency_fn, quality
+    from compress.evaluate import evaluate
+    from compress.measured import profile_latency_fn
     from compress.progress import track
     from nas.export import build_point, measure_and_record, write_measured
-    from nas.pareto import read_front, read_meta
-    from nas.selection_stage import PHASE_METRIC, job_profiles
+    from nas.pareto import read_front
 
     t0 = time.perf_counter()
     parent = prepared.parent
@@ -44,9 +45,7 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
         from compress.export_tensorrt import import_tensorrt
 
         import_tensorrt()  # fail before any work when TensorRT is missing
-    profiles = job_profiles(spec, store, parent, report)
-    primary = read_meta(store.dir).get("primary_metric")
-    profile = next((p for p in profiles if PHASE_METRIC[p.phase] == primary), profiles[0])
+    profile = selection.primary_profile
     latency_fn = profile_latency_fn(profile) if spec.export.measure else None
     if latency_fn is not None and spec.ray.latency_resource:
         latency_fn = _pinned(latency_fn, spec)
@@ -58,9 +57,10 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
     parent_file = store.path("students", "parent.json")
     if latency_fn is not None and not parent_file.exists():
         lat = latency_fn(parent.adapter)
-        q = quality(parent.adapter, parent.adapter, eval_tokens, spec.scoring.batch_size)
+        # the parent against itself: one pass per batch, KL exactly 0
+        q = evaluate(parent.adapter, eval_tokens, parent.adapter, spec.scoring.batch_size)
         per_set = _eval_set_quality(spec, prepared, parent.adapter)
-        atomic_write_json(parent_file, {"measured_latency": lat, **q, **per_set})
+        atomic_write_json(parent_file, {"measured_latency": lat, **q.to_dict(), **per_set})
         report(
             f"[students] parent: {lat['median_ms']:.2f} ms ({profile.describe()})"
             + _describe_sets(per_set)
@@ -106,15 +106,15 @@ def stage_students(spec: SearchSpec, store: JobStore, prepared, report=print) ->
     return Students(record["measured"], exported)
 
 
-def _eval_set_quality(spec: SearchSpec, prepared, model) -> dict:
+def _eval_set_quality(spec: SearchSpec, prepared: Prepared, model) -> dict:
     """``measured_{perplexity,kl,lm_loss}@SET`` of ``model`` on each of the spec's eval sets."""
-    from compress.measured import quality
+    from compress.evaluate import evaluate
     from nas.eval_sets import measured_set_values
 
     out: dict = {}
     for name, tokens in prepared.eval_sets.items():
-        q = quality(model, prepared.parent.adapter, tokens, spec.scoring.batch_size)
-        out.update(measured_set_values(name, q))
+        q = evaluate(model, tokens, prepared.parent.adapter, spec.scoring.batch_size)
+        out.update(measured_set_values(name, q.to_dict()))
     return out
 
 

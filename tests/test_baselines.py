@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compress.variants import VariantSpec
-from nas.selection.synthetic import llama_problem
+from tests.synthetic import llama_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 

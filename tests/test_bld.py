@@ -127,8 +127,8 @@ def bld_job(tmp_path_factory, stories_parent):
     files that existed after the interruption).
     """
     need_shared_data()
+    from nas.baseline_stage import stage_baseline
     from nas.bld_stage import stage_bld, stage_capture
-    from nas.pipeline import stage_baseline
     from nas.spec import load_spec
     from nas.store import JobStore
 

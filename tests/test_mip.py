@@ -21,7 +21,7 @@ from nas.selection import (
     solve_mip,
 )
 from nas.selection.costs import kv_cache_mib
-from nas.selection.synthetic import llama_problem, random_problem
+from tests.synthetic import llama_problem, random_problem
 
 TAIL = 4  # layers enumerated with numpy; the ones before them with itertools.product
 

@@ -22,9 +22,9 @@ from nas.pareto import (
 from nas.selection import InfeasibleBudget, depth_dp
 from nas.selection.depth_dp import mask_choices
 from nas.selection.errors import FrontMissing
-from nas.selection.synthetic import llama_problem
 from nas.store import JobStore
 from tests.conftest import ROOT
+from tests.synthetic import llama_problem
 
 SWEEP = Target("prefill_latency_ms", (0.9, 0.8, 0.7, 0.6, 0.5, 0.4), relative=True)
 

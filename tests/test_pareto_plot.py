@@ -4,11 +4,11 @@ point, point ids, and one quality panel per eval set (``--quality``)."""
 import pytest
 
 from nas import api
-from nas.pareto import Target, plot_front, read_front, rewrite_front, select_front, write_front
-from nas.pareto_plot import Quality, figure_data, parse_quality
+from nas.pareto import Target, read_front, rewrite_front, select_front, write_front
+from nas.pareto_plot import Quality, figure_data, parse_quality, plot_job
 from nas.selection.errors import SelectionError
-from nas.selection.synthetic import llama_problem
 from nas.store import JobStore
+from tests.synthetic import llama_problem
 from tests.test_pareto import nas
 
 
@@ -64,7 +64,7 @@ def test_quality_choice_and_unknown_set(measured_job):
 
 def test_png_and_html(measured_job, tmp_path):
     root, store = measured_job
-    png = plot_front(store.dir, tmp_path / "front.png")
+    png = plot_job(store.dir, tmp_path / "front.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = api.plot_pareto(store.job_id, tmp_path / "front.html", root, ["general:kl"]).read_text()
     for text in (

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from compress.latency_backends import MeasureSettings
 from compress.profile import (
     SCHEMA_VERSION,
     HardwareProfile,
@@ -21,6 +22,7 @@ from compress.profile import (
     load_profile,
     save_profile,
 )
+from compress.profile_cli import ProfileRequest
 from compress.shape import ModelShape
 from tests.conftest import ROOT, STORIES, TINY_SPEC, need_shared_data
 
@@ -36,21 +38,19 @@ def measured(tmp_path_factory):
     from nas import api
 
     out = tmp_path_factory.mktemp("prof") / "p.json"
-    prof = api.profile(
-        str(STORIES),
-        "onnxruntime-cpu",
-        "prefill",
-        1,
-        16,
-        out,
-        variants=VARIANTS,
+    settings = MeasureSettings(
+        phase="prefill",
+        batch=1,
+        seq=16,
         threads=1,
-        students=FAST["students"],
         stack=FAST["stack"],
         repeats=FAST["repeats"],
-        report=lambda m: None,
         min_block_ms=2.0,
     )
+    request = ProfileRequest(
+        str(STORIES), out, settings, tuple(VARIANTS), students=FAST["students"]
+    )
+    prof = api.profile(request, report=lambda m: None)
     return prof, out
 
 
@@ -257,19 +257,18 @@ def test_committed_prefill_256_mape_within_10_percent():
     assert replace(prof, validation=None).validation is None
 
 
-def test_resolve_profiles_from_spec_hardware(measured, stories_parent, tmp_path):
+def test_resolve_profiles_completes_named_files(measured, stories_parent, tmp_path):
     from compress.latency import resolve_profiles
     from compress.variants import VariantSpec
-    from nas.spec import HardwareSection, MeasureSection
 
     prof, out = measured
     wanted = [VariantSpec.parse(v) for v in [*VARIANTS, "attention:linear"]]
-    named = HardwareSection(profiles=[str(out)])
-    with pytest.raises(ProfileCoverageError, match="attention:linear"):
-        resolve_profiles(named, stories_parent.adapter, wanted, tmp_path, report=lambda m: None)
-    measuring = HardwareSection(profiles=[str(out)], measure=MeasureSection(repeats=3, threads=1))
+    adapter, silent = stories_parent.adapter, lambda m: None
+    with pytest.raises(ProfileCoverageError, match="attention:linear") as exc:
+        resolve_profiles([out], [], adapter, wanted, tmp_path, report=silent)
+    assert "hardware" not in str(exc.value)  # compress never names the spec's keys
     (got,) = resolve_profiles(
-        measuring, stories_parent.adapter, wanted, tmp_path, report=lambda m: None
+        [out], [], adapter, wanted, tmp_path, measure_missing=True, report=silent
     )
     assert "attention:linear" in got.entries
     assert load_profile(tmp_path / out.name) == got and load_profile(out) == prof

@@ -101,8 +101,8 @@ def test_parent_scores_are_the_parent(stories_parent, eval_tokens):
 def _job(tmp_path, stories_parent, tiny_splits):
     from compress.builders import InitData
     from compress.library import save_variant
-    from nas.pipeline import Baseline, Prepared
     from nas.spec import parse_spec
+    from nas.stage_io import Baseline, BLDResult, Prepared
     from nas.store import JobStore
     from tests.conftest import STORIES, TINYSTORIES
 
@@ -135,7 +135,8 @@ def _job(tmp_path, stories_parent, tiny_splits):
             module = build_variant(spec_v, adapter.subblock(layer, spec_v.kind), init)
             save_variant(store.path("library"), layer, spec_v, module, {"nmse_final": 0.1})
     prepared = Prepared(stories_parent, tiny_splits, Baseline(0.0, 1.0, 0, 0.0))
-    return spec, store, prepared
+    library = BLDResult(store.path("library"), 2 * adapter.num_layers, 0, 0, True, 0.0)
+    return spec, store, prepared, library
 
 
 def test_scoring_stage_on_ray_fills_the_library_and_resumes(stories_parent, tiny_splits, tmp_path):
@@ -144,10 +145,10 @@ def test_scoring_stage_on_ray_fills_the_library_and_resumes(stories_parent, tiny
     from nas.library import library_frame
     from nas.scoring_stage import read_scores, score_file_name, stage_scoring
 
-    spec, store, prepared = _job(tmp_path, stories_parent, tiny_splits)
+    spec, store, prepared, library = _job(tmp_path, stories_parent, tiny_splits)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = stage_scoring(spec, store, prepared, report=lambda m: None)
+        result = stage_scoring(spec, store, prepared, library, report=lambda m: None)
         assert result.scored == result.computed == 5 * 6  # parent, noop, one trained, per kind
         rows = read_scores(store.dir)
         by_key = {(r["layer"], r["variant"]): r for r in rows}
@@ -175,12 +176,12 @@ def test_scoring_stage_on_ray_fills_the_library_and_resumes(stories_parent, tiny
         gone = store.path("scores", score_file_name(2, VariantSpec.parse("attention:kv_heads=2")))
         gone.unlink()
         stamps = {p: p.stat().st_mtime_ns for p in store.path("scores").glob("L*.json")}
-        again = stage_scoring(spec, store, prepared, report=lambda m: None)
+        again = stage_scoring(spec, store, prepared, library, report=lambda m: None)
         assert again.computed == 1 and again.scored == 30 and gone.exists()
         assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
         assert json.loads(gone.read_text())["variant"] == "attention:kv_heads=2"
         # done -> nothing recomputed
         assert store.stage_done("scoring")
-        assert stage_scoring(spec, store, prepared, report=lambda m: None).computed == 0
+        assert stage_scoring(spec, store, prepared, library, report=lambda m: None).computed == 0
     finally:
         ray.shutdown()

@@ -14,8 +14,8 @@ from nas.pareto import Bound, Target, select_front
 from nas.selection import Infeasible, InfeasibleBudget, SelectionError, solve_mip
 from nas.selection.block_library import read_library, write_library
 from nas.selection.costs import Budget, Workload, resolve_target
-from nas.selection.synthetic import joint_problem, random_joint_problem, random_problem
 from tests.conftest import ROOT
+from tests.synthetic import joint_problem, random_joint_problem, random_problem
 from tests.test_mip import brute_force
 
 METRICS = ("prefill_latency_ms", "decode_latency_ms", "params", "memory_mib")
@@ -370,7 +370,7 @@ def test_batch_is_a_searchable_option():
     but a larger KV cache): with the same absolute throughput and memory bounds at both, the merged
     front keeps per request the lower-KL batch, and every point meets the bounds at its batch."""
     from nas.batch_search import THROUGHPUT, merge_batches
-    from nas.selection.synthetic import llama_problem
+    from tests.synthetic import llama_problem
 
     problems = {b: llama_problem(12, decode_batch=b, seed=4) for b in (8, 32)}
     work = {b: Workload(b) for b in problems}

@@ -126,6 +126,4 @@ def test_space_options_and_candidates(stories_parent):
         ["ffn:parent", "ffn:width=86"],
     )
     point = StrategyPoint("amoeba-dp", (PARENT_LAYER, DROPPED_LAYER), {"calib_kl": 0.1})
-    candidate = point.as_candidate()
-    assert candidate.strategy == "amoeba-dp" and candidate.choices == point.choices
     assert point.to_dict()["choices"] == [list(PARENT_LAYER), list(DROPPED_LAYER)]

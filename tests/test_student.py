@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from compress.builders import build_variant
-from compress.gkd import GKDSettings, eval_kl, heal_student
+from compress.evaluate import evaluate
+from compress.gkd import GKDSettings, heal_student
 from compress.library import load_variant, save_variant
 from compress.student import (
     StudentConfigError,
@@ -190,10 +191,10 @@ def test_gkd_lowers_eval_kl(stories_parent, tiny_splits):
     ]
     student = assemble_student(parent, choices)
     eval_tokens = tiny_splits.eval[:16]
-    before = eval_kl(student, parent, eval_tokens)
+    before = evaluate(student, eval_tokens, parent).kl
     settings = GKDSettings(tokens=8 * 128 * 30, batch_size=8, lr=1e-3, hidden_weight=1.0)
     healed, record = heal_student(student, parent, tiny_splits.train, settings, eval_tokens)
-    after = eval_kl(healed, parent, eval_tokens)
+    after = evaluate(healed, eval_tokens, parent).kl
     assert record["steps"] == 30 and record["eval_kl_before"] == pytest.approx(before)
     assert after < 0.8 * before, (before, after)
     assert record["loss_last"] < record["loss_first"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,32 +36,6 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 # parent config keys that describe the parent's files, not the architecture
 _DROP = ("architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype")
 _DROP += ("dtype", "quantization_config", "model_type", "_commit_hash")
-
-# our module names -> transformers' (Llama's names; DeciLM's for the linear replacements)
-_KEY_RULES = [
-    (r"^embed_tokens\.", "model.embed_tokens."),
-    (r"^norm\.", "model.norm."),
-    (r"^rotary\.inv_freq$", "model.rotary_emb.inv_freq"),
-    (r"^layers\.(\d+)\.attention\.(input_layernorm|norm)\.", r"model.layers.\1.input_layernorm."),
-    (r"^layers\.(\d+)\.attention\.linear\.", r"model.layers.\1.self_attn.linear_attn."),
-    (r"^layers\.(\d+)\.attention\.", r"model.layers.\1.self_attn."),
-    (
-        r"^layers\.(\d+)\.ffn\.(post_attention_layernorm|norm)\.",
-        r"model.layers.\1.post_attention_layernorm.",
-    ),
-    (r"^layers\.(\d+)\.ffn\.linear\.", r"model.layers.\1.mlp.linear_mlp."),
-    (r"^layers\.(\d+)\.ffn\.", r"model.layers.\1.mlp."),
-]
-
-
-def hf_key(name: str) -> str:
-    """The transformers name of one of our tensors (``lm_head.weight`` stays as it is)."""
-    for pattern, repl in _KEY_RULES:
-        new, count = re.subn(pattern, repl, name)
-        if count:
-            return new
-    return name
-
 
 def precision_dtype(precision: str) -> torch.dtype:
     """``fp32`` / ``fp16`` / ``bf16`` -> torch dtype; ``ValueError`` for anything else."""

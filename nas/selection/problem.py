@@ -36,7 +36,7 @@ PARENT = ("attention:parent", "ffn:parent")
 # indices of the chosen (attention option, FFN option) per layer
 Indices = tuple[tuple[int, int], ...]
 # canonical variant names of the chosen (attention, FFN) per layer
-Choices = tuple[tuple[str, str], ...]
+Choices = tuple[tuple[str, str], ...]  # per layer: (attention canonical, ffn canonical)
 
 
 def _number(value, what: str) -> float:

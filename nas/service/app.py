@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from compress.atomic import atomic_write, atomic_write_json
 from compress.errors import UserError
+from nas import api
 from nas.errors import JobBusy, JobError, NotFound, RecordCorrupt
 from nas.selection.errors import FrontMissing, NoPointFits
 from nas.service.confine import (
@@ -57,7 +58,7 @@ from nas.service.schemas import (
     _errors,
     _json_body,
 )
-from nas.store import JOB_ID_MAX, JOB_ID_PATTERN, JobStore, list_jobs, new_job_id, validate_job_id
+from nas.store import JOB_ID_MAX, JOB_ID_PATTERN, JobStore, new_job_id, validate_job_id
 
 TOKEN_ENV = "NAS_API_TOKEN"
 Format = Literal["onnx", "tensorrt", "hf"]
@@ -183,7 +184,7 @@ def create_app(
         job_id = body.job_id or new_job_id(body.spec.name)
         validate_job_id(job_id)
         spec = confine.spec(body.spec, results / job_id)
-        store = JobStore.create(results, job_id, spec.model_dump(mode="json"), None, "queued")
+        store = api.create_job(spec, job_id, results, state="queued")
         try:
             position = jobs_queue.submit(_job_task(results, job_id))
         except QueueFull:
@@ -193,7 +194,7 @@ def create_app(
 
     @app.get("/jobs", dependencies=guard, response_model=list[JobSummary], responses=_errors(401))
     def jobs() -> list[dict]:
-        return list_jobs(results)
+        return api.jobs(results)
 
     @app.get(
         "/jobs/{job_id}",
@@ -202,10 +203,8 @@ def create_app(
         responses=_errors(400, 401, 404, 409),
     )
     def job_status(job_id: str = _job_id_param()) -> JobStatus:
-        from nas.cluster import progress
-
         store = open_job(job_id)
-        info = progress(store)
+        info = api.status(job_id, results)
         info["stage_seconds"] = store.manifest().get("stage_seconds", {})
         if jobs_queue.state(job_id) == "queued":
             info["state"], info["queue_position"] = "queued", jobs_queue.position(job_id)
@@ -250,10 +249,8 @@ def create_app(
     ) -> list[dict]:
         import json
 
-        from nas.pareto import query_front
-
-        store = open_job(job_id)
-        frame = query_front(store.dir, max_latency_ms=max_latency_ms, max_memory_mib=max_memory_mib)
+        open_job(job_id)
+        frame = api.pareto(job_id, results, max_latency_ms, max_memory_mib)
         return json.loads(frame.to_json(orient="records"))
 
     def export_dir(store: JobStore, point: str, fmt: str) -> Path:
@@ -283,12 +280,12 @@ def create_app(
     )
     async def start_export(request: Request, job_id: str = _job_id_param()) -> ExportStatus:
         """Queue an export of one Pareto point into the job's folder (``exports/<point>/<format>``)."""
-        from nas.export import PARENT_POINT, find_point
+        from nas.export import PARENT_POINT
 
         body = parse_body(await request.body(), ExportRequest)
         store = open_job(job_id)
         if body.point != PARENT_POINT:
-            find_point(store, body.point)  # 404/409 now rather than a failed export later
+            api.point(job_id, body.point, results)  # 404/409 now, not a failed export later
         key = f"{job_id}/{body.point}/{body.format}"
         out = export_dir(store, body.point, body.format)
         status_path = out.with_name(f"{body.format}.status.json")
@@ -392,7 +389,7 @@ def _job_task(results: Path, job_id: str) -> Task:
 
 def _requeue(results: Path, queue: Runner) -> None:
     """Jobs a previous service queued but never started go back in the queue."""
-    for row in sorted(list_jobs(results), key=lambda r: r["created"]):
+    for row in sorted(api.jobs(results), key=lambda r: r["created"]):
         if row["state"] == "queued":
             try:
                 queue.submit(_job_task(results, row["job_id"]))

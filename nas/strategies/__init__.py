@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-Choices = tuple[tuple[str, str], ...]  # per layer: (attention canonical, ffn canonical)
+from nas.selection.problem import Choices
 
 PARENT_LAYER = ("attention:parent", "ffn:parent")
 DROPPED_LAYER = ("attention:noop", "ffn:noop")
@@ -32,13 +32,6 @@ class StrategyPoint:
     strategy: str
     choices: Choices
     metrics: dict[str, float] = field(default_factory=dict)
-
-    def as_candidate(self):
-        """The ``nas.pareto.CandidatePoint`` the front takes (quality: its summed scores, so
-        every strategy's points are compared on the same estimate)."""
-        from nas.pareto import CandidatePoint
-
-        return CandidatePoint(self.strategy, self.choices)
 
     def to_dict(self) -> dict:
         return {

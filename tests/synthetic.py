@@ -1,4 +1,5 @@
-"""Synthetic selection problems of realistic shape, for tests, benchmarks and demos (pure).
+"""Synthetic selection problems of realistic shape: a test fixture (also used by
+``bench/mip_speed.py``), pure.
 
 Costs follow a simple roofline of a Llama-style layer on an H100-like device (decode is bound by
 reading weights and KV cache, prefill by matmul FLOPs, plus a per-kernel overhead), and scores
