@@ -290,9 +290,9 @@ def open_job(results_dir: Path, job: str):
     state = store.manifest().get("state")
     if state != "finished":
         raise BenchError(f"job {job} is {state}, not finished; run or resume it first")
-    for needed in ("pareto/front.json", "pareto/problem.json", "pareto/meta.json", "library"):
-        if not store.path(needed).exists():
-            raise BenchError(f"job {job} has no {needed}")
+    for needed in (store.front, store.problem, store.front_meta, store.library):
+        if not needed.exists():
+            raise BenchError(f"job {job} has no {needed.relative_to(store.dir)}")
     return store
 
 
@@ -303,7 +303,7 @@ def collect_points(store, spec, parent, splits, args, report=print) -> list:
     from nas.strategies.depth import depth_masks
 
     meta = read_meta(store.dir)
-    problem = SelectionProblem.from_dict(json.loads(store.path("pareto/problem.json").read_text()))
+    problem = SelectionProblem.from_dict(json.loads(store.problem.read_text()))
     n = problem.num_layers
     points = [("parent", "parent", (PARENT,) * n)]
     front = read_front(store.dir).to_dict("records")
@@ -349,7 +349,7 @@ def predicted_latency(store):
     from nas.selection.costs import SelectionProblem
 
     metric = read_meta(store.dir).get("primary_metric")
-    problem = SelectionProblem.from_dict(json.loads(store.path("pareto/problem.json").read_text()))
+    problem = SelectionProblem.from_dict(json.loads(store.problem.read_text()))
     if metric not in problem.metrics:
         return None
     return lambda choices: problem.costs(problem.indices(choices))[metric]
@@ -363,7 +363,7 @@ def primary_profile(spec, store, parent):
 
     attention, ffn = parse_space(spec.space.attention, spec.space.ffn, parent.shape)
     profiles = resolve_profiles(
-        spec.hardware, parent.adapter, attention + ffn, store.path("hwprofiles"), spec.model.source
+        spec.hardware, parent.adapter, attention + ffn, store.hwprofiles, spec.model.source
     )
     primary = read_meta(store.dir).get("primary_metric")
     return next((p for p in profiles if PHASE_METRIC[p.phase] == primary), profiles[0])
@@ -439,12 +439,11 @@ def run(args) -> int:
     from compress.latency import settings_of
     from compress.loading import load_parent
     from compress.student import library_loader
-    from nas.export import job_spec
     from nas.pipeline import _dtype, prepare_data
 
     t0 = time.perf_counter()
     store = open_job(args.results, args.job)
-    spec = job_spec(store)
+    spec = store.spec()
     parent = load_parent(spec.model.source, dtype=_dtype(spec.model.dtype))
     parent.adapter.eval()
     splits = prepare_data(spec, store, parent)
@@ -457,7 +456,7 @@ def run(args) -> int:
         f"[baselines] {len(points)} points ({len(set(c for _, _, c in points))} distinct), "
         f"{profile.describe()}, quality on {ids.numel()} eval tokens"
     )
-    loader = library_loader(store.path("library"), parent.adapter)
+    loader = library_loader(store.library, parent.adapter)
     torch.manual_seed(0)
     measured = measure(
         points,

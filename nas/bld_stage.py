@@ -105,7 +105,7 @@ def prefiltered(spec: SearchSpec, store: JobStore, prepared, report: Report = pr
     """
     if spec.space.prefilter is None:
         return None
-    path = store.path("bld", "prefilter.json")
+    path = store.prefilter
     if path.exists():
         return json.loads(path.read_text())
     from compress.atomic import atomic_write_json
@@ -135,10 +135,7 @@ def stage_capture(spec: SearchSpec, store: JobStore, prepared, report: Report = 
     seq_len = splits.seq_len
     n_train = min(splits.train.shape[0], max(1, math.ceil(spec.bld.tokens / seq_len)))
     n_held = min(splits.eval.shape[0], max(1, math.ceil(spec.bld.eval_tokens / seq_len)))
-    train_dir, heldout_dir = (
-        store.path("activations", "train"),
-        store.path("activations", "heldout"),
-    )
+    train_dir, heldout_dir = store.activations_train, store.activations_heldout
     on_disk = read_meta(train_dir) is not None and read_meta(heldout_dir) is not None
     if store.stage_done("capture") and (on_disk or store.stage_done("bld")):
         report("[capture] done before")
@@ -222,7 +219,7 @@ def _save_parent_blocks(store: JobStore, adapter, keys: set[tuple[int, str]]) ->
 
     paths = {}
     for layer, kind in sorted(keys):
-        stem = store.path("bld", "parent", f"L{layer:03d}.{kind}")
+        stem = store.bld_parent / f"L{layer:03d}.{kind}"
         if not stem.with_name(stem.name + ".json").exists():
             save_parent_subblock(adapter, layer, kind, stem)
         paths[layer, kind] = str(stem)
@@ -244,7 +241,7 @@ def stage_bld(
     """
     from compress.library import has_variant, read_records
 
-    library_dir = store.path("library")
+    library_dir = store.library
     shape = prepared.parent.shape
     planned = planned_variants(spec, shape, prefiltered(spec, store, prepared, report))
     if store.stage_done("bld"):
@@ -269,7 +266,7 @@ def stage_bld(
         lost = [f"L{layer} {v}" for layer, v in planned if (layer, str(v)) not in records]
         if lost:
             raise JobError(f"BLD finished but the library lacks {', '.join(lost[:5])}")
-        shutil.rmtree(store.path("bld", "parent"), ignore_errors=True)  # task inputs, derivable
+        shutil.rmtree(store.bld_parent, ignore_errors=True)  # task inputs, derivable
         trained = read_records(library_dir)
         store.write_stage(
             "bld",

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 from nas.errors import JobError
+from nas.layout import INTERMEDIATES
 from nas.store import JobStore
-
-INTERMEDIATES = (("activations",), ("scoring", "cache"), ("bld", "parent"))
 
 
 def folder_bytes(folder: Path) -> int:

@@ -85,8 +85,8 @@ def _finish(store) -> None:
     if times:
         _say("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     if store.stage_done("selection"):
-        plot = store.path("pareto", "front.png")
-        front = store.path("pareto", "front.json")
+        plot = store.pareto_file("front.png")
+        front = store.front
         if not plot.exists() or plot.stat().st_mtime < front.stat().st_mtime:  # else current
             api.plot_pareto(store.job_id, plot, store.root)
         _print_front(store.job_id, api.pareto(store.job_id, store.root))

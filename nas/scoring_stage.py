@@ -23,11 +23,10 @@ from pathlib import Path
 
 from compress.atomic import atomic_write_json
 from compress.variants import VariantSpec
+from nas.layout import JobLayout
 from nas.spec import SearchSpec
 from nas.store import JobStore
 
-SCORES_DIR = "scores"
-CACHE_DIR = ("scoring", "cache")
 SCORE_COLUMNS = ("kl", "lm_loss", "top1")
 JOINT_DIR = "joint"
 
@@ -72,13 +71,13 @@ def joint_pairs(pairs: list[tuple[int, VariantSpec]]) -> list[tuple[int, str]]:
 
 def read_joint_scores(job_dir: str | Path) -> list[dict]:
     """Every joint score record (``layer``, ``attention``, ``ffn`` and the score columns)."""
-    folder = Path(job_dir) / SCORES_DIR / JOINT_DIR
+    folder = JobLayout(job_dir).joint_scores
     return [json.loads(p.read_text()) for p in sorted(folder.glob("L*.json"))]
 
 
 def read_scores(job_dir: str | Path) -> list[dict]:
     """Every score record of a job (possibly none yet), sorted by layer and variant."""
-    folder = Path(job_dir) / SCORES_DIR
+    folder = JobLayout(job_dir).scores
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("L*.json"))]
     return sorted(rows, key=lambda r: (r["layer"], r["variant"]))
 
@@ -114,14 +113,14 @@ def stage_scoring(
     recorded as done only once the BLD stage is (a partial library is scored as far as it
     goes, and a resumed job scores the rest). Raises ``JobError`` when a task fails.
     """
-    scores_dir = store.path(SCORES_DIR)
+    scores_dir = store.scores
     if store.stage_done("scoring"):
         rec = store.read_stage("scoring")
         report(f"[scoring] done before: {rec['scored']} variants scored")
         return ScoringResult(scores_dir, rec["scored"], 0, rec["wall_s"])
     t0 = time.perf_counter()
     parent, splits = prepared.parent, prepared.splits
-    library_dir = store.path("library")
+    library_dir = store.library
     pairs = [(layer, str(v)) for layer, v in variants_to_score(spec, parent.shape, library_dir)]
     if spec.scoring.blocks == "joint":
         pairs += joint_pairs([(layer, VariantSpec.parse(v)) for layer, v in pairs])
@@ -137,14 +136,14 @@ def stage_scoring(
         tokens = splits.eval
         if spec.scoring.eval_tokens is not None:
             tokens = tokens[: max(1, spec.scoring.eval_tokens // splits.seq_len)]
-        cache_dir = store.path(*CACHE_DIR)
+        cache_dir = store.scoring_cache
         ActivationCache.build(parent.adapter, tokens, spec.scoring.batch_size, folder=cache_dir)
         _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, len(pairs))
     wall_s = time.perf_counter() - t0
     rows = read_scores(store.dir)
     scored = len(rows) + len(read_joint_scores(store.dir))
     # the table nas.library.library_frame merges into the library
-    atomic_write_json(scores_dir / "scores.json", rows)
+    atomic_write_json(store.scores_table, rows)
     if store.stage_done("bld"):  # with a partial library, a resumed job scores the rest
         store.write_stage(
             "scoring",

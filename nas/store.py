@@ -9,7 +9,6 @@ job holds its driver lease (``nas.driver``), so a job whose driver died reads ``
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -18,14 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from compress.atomic import atomic_write_json
-from nas.errors import JobError, NotFound, RecordCorrupt
+from nas.errors import JobError, NotFound
+from nas.layout import MANIFEST, JobLayout, read_json_record  # noqa: F401
 
 # letters, digits, '_' and '-', with single dots between them (no '..', no trailing dot)
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
 JOB_ID_MAX = 128
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 DEFAULT_RESULTS = Path("results")
-CREATED_MARKER = ".created"  # made with O_EXCL: exactly one creator of a job id succeeds
 
 
 def validate_job_id(job_id: str) -> str:
@@ -38,31 +37,18 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
-def read_json_record(path: Path, what: str) -> object:
-    """The JSON in ``path``; ``RecordCorrupt`` (one line naming ``what``) when it is unreadable."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
-        raise RecordCorrupt(
-            f"{what} ({path}) is truncated or corrupt: {reason}; restore it or remove the job"
-        ) from None
-
-
 def new_job_id(name: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return validate_job_id(f"{name}-{stamp}-{secrets.token_hex(2)}")
 
 
-class JobStore:
-    """One job's folder. Construct with ``create`` (new job) or ``open`` (existing job)."""
+class JobStore(JobLayout):
+    """One job's folder (paths and readers from ``JobLayout``) and its writes. Construct with
+    ``create`` (new job) or ``open`` (existing job)."""
 
     def __init__(self, root: Path, job_id: str):
         self.root = Path(root)
-        self.job_id = validate_job_id(job_id)
-        self.dir = self.root / job_id
+        super().__init__(self.root / validate_job_id(job_id), job_id)
 
     @classmethod
     def create(
@@ -81,18 +67,18 @@ class JobStore:
         taken = JobBusy(
             f"job {job_id} already exists in {store.root}; resume it or pick another id"
         )
-        if (store.dir / "manifest.json").exists():
+        if store.manifest_path.exists():
             raise taken
         store.dir.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(store.dir / CREATED_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.close(os.open(store.created_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             raise taken from None
-        if (store.dir / "manifest.json").exists():  # a job made before markers existed
+        if store.manifest_path.exists():  # a job made before markers existed
             raise taken
         now = time.time()
         atomic_write_json(
-            store.dir / "manifest.json",
+            store.manifest_path,
             {
                 "job_id": job_id,
                 "spec": spec,
@@ -108,65 +94,18 @@ class JobStore:
     @classmethod
     def open(cls, root: str | Path, job_id: str) -> JobStore:
         store = cls(Path(root), job_id)
-        if not (store.dir / "manifest.json").is_file():
+        if not store.manifest_path.is_file():
             raise NotFound(f"no job {job_id} in {store.root}")
         return store
 
-    # --- manifest --------------------------------------------------------------------------
-    def manifest(self) -> dict:
-        """The manifest; ``RecordCorrupt`` when it is truncated or not a job manifest."""
-        path = self.dir / "manifest.json"
-        try:
-            manifest = read_json_record(path, f"the manifest of job {self.job_id}")
-        except FileNotFoundError:
-            raise NotFound(f"no job {self.job_id} in {self.root}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages_done", []), list):
-            raise RecordCorrupt(
-                f"the manifest of job {self.job_id} ({path}) is not a job manifest; "
-                "restore it or remove the job"
-            )
-        return manifest
-
-    def spec(self):
-        """The job's resolved ``SearchSpec``; ``RecordCorrupt`` when the manifest's is invalid."""
-        from pydantic import ValidationError
-
-        from nas.spec import SearchSpec
-
-        try:
-            return SearchSpec.model_validate(self.manifest()["spec"])
-        except (KeyError, ValidationError) as exc:
-            first = str(exc).splitlines()[0][:200]
-            raise RecordCorrupt(
-                f"the manifest of job {self.job_id} has no valid spec ({first}); "
-                "restore it or remove the job"
-            ) from None
-
+    # --- manifest ---------------------------------------------------------------------------
     def update_manifest(self, **fields) -> dict:
         manifest = self.manifest()
         manifest.update(fields, updated=time.time())
-        atomic_write_json(self.dir / "manifest.json", manifest)
+        atomic_write_json(self.manifest_path, manifest)
         return manifest
 
     # --- stages ----------------------------------------------------------------------------
-    def stage_path(self, stage: str) -> Path:
-        return self.dir / "stages" / f"{stage}.json"
-
-    def stage_done(self, stage: str) -> bool:
-        return self.stage_path(stage).exists()
-
-    def read_stage(self, stage: str) -> dict:
-        path = self.stage_path(stage)
-        try:
-            record = read_json_record(path, f"the {stage} record of job {self.job_id}")
-        except FileNotFoundError:
-            raise JobError(f"job {self.job_id} has no finished stage {stage!r}") from None
-        if not isinstance(record, dict):
-            raise RecordCorrupt(
-                f"the {stage} record of job {self.job_id} ({path}) is not a mapping"
-            )
-        return record
-
     def write_stage(self, stage: str, record: dict) -> None:
         atomic_write_json(self.stage_path(stage), record)
         manifest = self.manifest()
@@ -179,9 +118,6 @@ class JobStore:
         progress = dict(manifest.get("progress", {}))
         progress[stage] = {"done": int(done), "total": int(total)}
         self.update_manifest(current_stage=stage, progress=progress)
-
-    def path(self, *parts: str) -> Path:
-        return self.dir.joinpath(*parts)
 
 
 def job_state(store: JobStore, manifest: dict) -> str:
@@ -198,7 +134,7 @@ def list_jobs(root: str | Path = DEFAULT_RESULTS) -> list[dict]:
     """Summaries of every job under ``root``, newest first; a job whose manifest cannot be
     read is listed with state ``corrupt`` (never hidden)."""
     rows = []
-    for manifest_path in sorted(Path(root).glob("*/manifest.json")):
+    for manifest_path in sorted(Path(root).glob(f"*/{MANIFEST}")):
         name = manifest_path.parent.name
         try:
             store = JobStore(Path(root), name)
