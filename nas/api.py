@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nas.pipeline import run_job
 from nas.spec import SearchSpec, load_spec
+from nas.storage import is_uri
 from nas.store import DEFAULT_RESULTS, JobStore, list_jobs, new_job_id
 
 
@@ -19,13 +20,22 @@ def validate(spec_path: str | Path) -> SearchSpec:
     return spec
 
 
-def results_root(spec: SearchSpec | None, results: str | Path | None) -> Path:
-    """``--results`` wins, then the spec's ``ray.storage``, then ``./results``."""
-    if results is not None:
-        return Path(results)
-    if spec is not None and spec.ray.storage:
-        return Path(spec.ray.storage)
-    return DEFAULT_RESULTS
+def results_root(spec: SearchSpec | None, results: str | Path | None) -> str | Path:
+    """``--results`` wins, then the spec's ``ray.storage``, then ``./results``; a URI
+    (``s3://bucket/prefix``, ``gs://``, ``file://``) stays a string (``nas.storage``)."""
+    root = results if results is not None else (spec.ray.storage if spec is not None else None)
+    if root is None or root == "":
+        return DEFAULT_RESULTS
+    return str(root) if is_uri(str(root)) else Path(root)
+
+
+def open_job(job_id: str, results: str | Path | None, pull: str = "results") -> JobStore:
+    """An existing job by id (in ``results``) or by URI (``s3://bucket/prefix/JOB``: the
+    last part is the id, the rest the results root); ``NotFound`` when there is none."""
+    if is_uri(job_id):
+        root, _, job_id = job_id.rstrip("/").rpartition("/")
+        return JobStore.open(root, job_id, pull)
+    return JobStore.open(results_root(None, results), job_id, pull)
 
 
 def run(
@@ -43,7 +53,7 @@ def run(
         spec.model_dump(mode="json"),
         str(Path(spec_path).resolve()),
     )
-    report(f"job {store.job_id} -> {store.dir}")
+    report(f"job {store.job_id} -> {store.location(store.dir)}")
     run_job(spec, store, report, until=until)
     return store
 
@@ -52,7 +62,7 @@ def resume(
     job_id: str, results: str | Path | None = None, report=print, until: str | None = None
 ) -> JobStore:
     """Finish an existing job: stages and items already recorded are not redone."""
-    store = JobStore.open(results_root(None, results), job_id)
+    store = open_job(job_id, results, pull="all")
     spec = store.spec()
     done = [str(s) for s in store.manifest().get("stages_done", [])]
     report(f"resuming job {store.job_id} ({', '.join(done) or 'no stage'} done)")
@@ -88,7 +98,7 @@ def status(job_id: str, results: str | Path | None = None, address: str | None =
     """The store's view of a job (stage, items done) plus the Ray state when ``address`` is given."""
     from nas import cluster
 
-    info = cluster.progress(JobStore.open(results_root(None, results), job_id))
+    info = cluster.progress(open_job(job_id, results, pull="records"))
     if address:
         info["ray"] = cluster.ray_status(address, job_id)
     return info
@@ -108,8 +118,10 @@ def export_point(
     ``seconds``, parity records). Raises ``JobError`` for a missing job or point."""
     from nas.export import export_point as _export
 
-    store = JobStore.open(results_root(None, results), job_id)
-    return _export(store, point_id, fmt, out_dir, precision=precision, report=report)
+    store = open_job(job_id, results)
+    summary = _export(store, point_id, fmt, out_dir, precision=precision, report=report)
+    store.push()  # a job on object storage keeps the export too
+    return summary
 
 
 def clean(job_id: str, results: str | Path | None = None) -> dict:
@@ -117,7 +129,7 @@ def clean(job_id: str, results: str | Path | None = None) -> dict:
     Raises ``JobError`` while the job is not finished."""
     from nas.clean import clean_job
 
-    return clean_job(JobStore.open(results_root(None, results), job_id))
+    return clean_job(open_job(job_id, results))
 
 
 def pareto(
@@ -133,7 +145,7 @@ def pareto(
     from nas.downstream import join_eval
     from nas.pareto import query_front
 
-    store = JobStore.open(results_root(None, results), job_id)
+    store = open_job(job_id, results, pull="records")
     front = query_front(store.dir, max_latency_ms=max_latency_ms, max_memory_mib=max_memory_mib)
     return join_eval(store.dir, front)
 
@@ -152,8 +164,10 @@ def evaluate(
     ``<job>/eval/`` and joined by ``pareto``. Returns ``{point: record}`` (``nas.downstream``)."""
     from nas.downstream import evaluate_points
 
-    store = JobStore.open(results_root(None, results), job_id)
-    return evaluate_points(store, points, tasks, limit, batch_size, report)
+    store = open_job(job_id, results)
+    records = evaluate_points(store, points, tasks, limit, batch_size, report)
+    store.push()
+    return records
 
 
 def plot_pareto(
@@ -167,7 +181,7 @@ def plot_pareto(
     all of the job's)."""
     from nas.pareto import plot_front
 
-    store = JobStore.open(results_root(None, results), job_id)
+    store = open_job(job_id, results, pull="records")
     return plot_front(store.dir, path, quality)
 
 

@@ -187,28 +187,35 @@ def _train_one(
 ) -> dict:
     """Body of one Ray task: train ``variant`` of ``layer`` and write it to the library.
 
-    Idempotent: a variant already in the library (e.g. a retried task whose first attempt
-    finished writing) is read back, not retrained.
+    The four locations are local paths, or URIs of a job on object storage: then the task
+    fetches the parent subblock and only this layer's activations to its node and publishes
+    the variant's two files (the record last). Idempotent: a variant already in the library
+    (e.g. a retried task whose first attempt finished writing) is read back, not retrained.
     """
     import json
 
     import torch
 
     from compress.bld import BLDConfig, train_variant
-    from compress.capture import Activations
-    from compress.library import has_variant, save_variant, variant_paths
+    from compress.capture import META, Activations, layer_files
+    from compress.library import save_variant, variant_paths
     from compress.subblock_file import load_parent_subblock
+    from nas.storage import Remote, fetch, is_uri, local_stem, output_folder, publish
 
     torch.set_num_threads(1)
     spec = VariantSpec.parse(variant)
-    if has_variant(library_dir, layer, spec):
-        return json.loads(variant_paths(library_dir, layer, spec)[1].read_text())
-    parent = load_parent_subblock(parent_path)
-    module, record = train_variant(
-        spec, layer, parent, Activations(train_dir), Activations(heldout_dir), BLDConfig(**config)
-    )
-    record["worker_pid"] = os.getpid()
-    save_variant(library_dir, layer, spec, module, record)
+    weights, record_path = variant_paths("", layer, spec)
+    if is_uri(library_dir) and Remote(library_dir).exists(record_path.name):
+        return json.loads(Remote(library_dir).read_text(record_path.name))
+    if not is_uri(library_dir) and (Path(library_dir) / record_path).is_file():
+        return json.loads((Path(library_dir) / record_path).read_text())
+    parent = load_parent_subblock(local_stem(parent_path))
+    inputs = [Activations(fetch(d, [META, *layer_files(layer)])) for d in (train_dir, heldout_dir)]
+    module, record = train_variant(spec, layer, parent, *inputs, BLDConfig(**config))
+    record.update(worker_pid=os.getpid(), activations_from=train_dir)
+    out = output_folder(library_dir)
+    save_variant(out, layer, spec, module, record)
+    publish(out, library_dir, [weights.name, record_path.name])
     return record
 
 
@@ -303,6 +310,7 @@ def _run_on_ray(
     import ray
 
     parents = _save_parent_blocks(store, adapter, {(layer, v.kind) for layer, v in todo})
+    store.push()  # object storage: the parent subblocks and activations go up before any task
     config = bld_config(spec).to_dict()
     _connect_ray(spec)
     task = ray.remote(**task_options(num_cpus=1))(_train_one)
@@ -310,10 +318,10 @@ def _run_on_ray(
         task.remote(
             layer,
             str(v),
-            parents[layer, v.kind],
-            str(captured.train_dir),
-            str(captured.heldout_dir),
-            str(library_dir),
+            store.location(Path(parents[layer, v.kind])),
+            store.location(captured.train_dir),
+            store.location(captured.heldout_dir),
+            store.location(library_dir),
             config,
         ): f"{v} in layer {layer}"
         for layer, v in todo
@@ -325,6 +333,7 @@ def _run_on_ray(
             done += 1
             bar.update(done)
             store.set_progress("bld", done, total)
+    store.pull_folder(library_dir)  # what the tasks published (object storage)
 
 
 def _connect_ray(spec: SearchSpec) -> None:

@@ -97,6 +97,7 @@ def _run_stages(spec: SearchSpec, store: JobStore, report: Report, until: str | 
         with timer("students"):
             stage_students(spec, store, prepared, report)
     except BaseException:
+        store.push()  # object storage: keep the items finished so far
         store.update_manifest(state="failed")
         raise
     return store.update_manifest(state="finished")

@@ -138,7 +138,9 @@ def stage_scoring(
             tokens = tokens[: max(1, spec.scoring.eval_tokens // splits.seq_len)]
         cache_dir = store.scoring_cache
         ActivationCache.build(parent.adapter, tokens, spec.scoring.batch_size, folder=cache_dir)
+        store.push()  # object storage: the cache goes up before the tasks read it
         _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, len(pairs))
+        store.pull_folder(scores_dir)  # what the tasks published
     wall_s = time.perf_counter() - t0
     rows = read_scores(store.dir)
     scored = len(rows) + len(read_joint_scores(store.dir))
@@ -166,9 +168,9 @@ def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report,
         remote.remote(
             spec.model.source,
             spec.model.dtype,
-            str(cache_dir),
-            str(library_dir),
-            str(scores_dir),
+            store.location(cache_dir),
+            store.location(library_dir),
+            store.location(scores_dir),
             layer,
             variants,
             spec.scoring.batch_size,
@@ -211,12 +213,20 @@ def score_layer(
     """Score the given variants of one layer; write one score file each; return those written.
 
     A plain function (the stage runs it as a Ray task); the parent is loaded from ``source``.
+    The folders are local paths or URIs (a job on object storage: the cache and the layer's
+    variants are fetched to this node, the score files published).
     """
+    from compress.library import variant_paths
     from compress.scoring import ActivationCache, parent_scores, score_block
+    from nas.storage import fetch, output_folder, publish
 
     parent = _worker_parent(source, dtype)
     adapter = parent.adapter
-    cache = ActivationCache.open(cache_dir)
+    cache = ActivationCache.open(fetch(cache_dir))
+    trained = {VariantSpec.parse(t) for text in variants for t in text.split("+")}
+    files = [p.name for v in trained if v.trainable for p in variant_paths("", layer, v)]
+    library_dir = str(fetch(library_dir, files))
+    out = output_folder(scores_dir)
     written = []
     for text in variants:
         specs = [VariantSpec.parse(t) for t in text.split("+")]
@@ -229,9 +239,9 @@ def score_layer(
             record = {"layer": layer, "kind": specs[0].kind, "variant": text}
         else:
             record = {"layer": layer, "attention": str(specs[0]), "ffn": str(specs[1])}
-        path = Path(scores_dir) / score_file_name(layer, text)
-        atomic_write_json(path, {**record, **scores.to_dict()})
+        atomic_write_json(out / score_file_name(layer, text), {**record, **scores.to_dict()})
         written.append(text)
+    publish(out, scores_dir, [score_file_name(layer, text) for text in written])
     return written
 
 
