@@ -200,6 +200,7 @@ def _train_one(
     from compress.capture import META, Activations, layer_files
     from compress.library import save_variant, variant_paths
     from compress.subblock_file import load_parent_subblock
+    from nas.ray_runtime import task_device
     from nas.storage import Remote, fetch, is_uri, local_stem, output_folder, publish
 
     torch.set_num_threads(1)
@@ -211,7 +212,9 @@ def _train_one(
         return json.loads((Path(library_dir) / record_path).read_text())
     parent = load_parent_subblock(local_stem(parent_path))
     inputs = [Activations(fetch(d, [META, *layer_files(layer)])) for d in (train_dir, heldout_dir)]
-    module, record = train_variant(spec, layer, parent, *inputs, BLDConfig(**config))
+    module, record = train_variant(
+        spec, layer, parent, *inputs, BLDConfig(**config), device=task_device()
+    )
     record.update(worker_pid=os.getpid(), activations_from=train_dir)
     out = output_folder(library_dir)
     save_variant(out, layer, spec, module, record)
@@ -307,13 +310,12 @@ def _run_on_ray(
     done_before: int,
     total: int,
 ) -> None:
-    import ray
 
     parents = _save_parent_blocks(store, adapter, {(layer, v.kind) for layer, v in todo})
     store.push()  # object storage: the parent subblocks and activations go up before any task
     config = bld_config(spec).to_dict()
     _connect_ray(spec)
-    task = ray.remote(**task_options(num_cpus=1))(_train_one)
+    task = bld_task(spec)
     pending = {
         task.remote(
             layer,
@@ -334,6 +336,14 @@ def _run_on_ray(
             bar.update(done)
             store.set_progress("bld", done, total)
     store.pull_folder(library_dir)  # what the tasks published (object storage)
+
+
+def bld_task(spec: SearchSpec):
+    """The Ray remote function of one BLD task, with the spec's resources (one CPU, and
+    ``ray.gpus_per_task`` GPUs when the spec asks for them)."""
+    import ray
+
+    return ray.remote(**task_options(num_cpus=1, num_gpus=spec.ray.gpus_per_task))(_train_one)
 
 
 def _connect_ray(spec: SearchSpec) -> None:

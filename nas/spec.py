@@ -360,6 +360,12 @@ class RaySection(_Section):
         None,
         description='custom resource of the target-hardware nodes that measure latency, e.g. "hw:h100"',
     )
+    gpus_per_task: float = Field(
+        0,
+        ge=0,
+        le=64,
+        description="GPUs each BLD task asks Ray for (fractions share a GPU); 0: CPU only",
+    )
 
 
 class SearchSpec(_Section):
