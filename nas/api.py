@@ -85,7 +85,7 @@ def submit(
 
     spec = load_spec(spec_path)
     root = results_root(spec, results)
-    return cluster.submit(spec, address, job_id or new_job_id(spec.name), Path(root))
+    return cluster.submit(spec, address, job_id or new_job_id(spec.name), root)
 
 
 def wait(address: str, job_id: str, timeout_s: float = 3600) -> str:

@@ -11,6 +11,7 @@ URIs only (each library record names where its activations came from).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -170,8 +171,11 @@ def test_killed_worker_node_mid_bld_still_completes(s3):
     deadline = time.monotonic() + 600
     try:
         while not killed and time.monotonic() < deadline and run.poll() is None:
-            if _training_on(node.pid):
-                os.killpg(node.pid, signal.SIGKILL)
+            tree = _descendants(node.pid)
+            if any(_is_bld_task(p) for p in tree):  # the raylet and everything it runs
+                for proc in [*tree, psutil.Process(node.pid)]:
+                    with contextlib.suppress(psutil.Error):
+                        proc.send_signal(signal.SIGKILL)
                 killed = True
             time.sleep(0.1)
         out, _ = run.communicate(timeout=900)
@@ -187,14 +191,15 @@ def test_killed_worker_node_mid_bld_still_completes(s3):
     assert json.loads(_objects(s3, "s3kill")["manifest.json"])["state"] == "finished"
 
 
-def _training_on(group: int) -> bool:
-    """Whether a process of the worker node's group runs a BLD task now."""
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if os.getpgid(proc.pid) == group and (proc.info["cmdline"] or [""])[0].startswith(
-                "ray::_train_one"
-            ):
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _is_bld_task(proc: psutil.Process) -> bool:
+    try:
+        return (proc.cmdline() or [""])[0].startswith("ray::_train_one")
+    except psutil.Error:
+        return False
