@@ -262,9 +262,9 @@ def open_job(results_dir: Path, job: str):
     state = store.manifest().get("state")
     if state != "finished":
         raise BenchError(f"job {job} is {state}, not finished; run or resume it first")
-    for needed in ("pareto/front.json", "pareto/problem.json", "pareto/meta.json", "library"):
-        if not store.path(needed).exists():
-            raise BenchError(f"job {job} has no {needed}")
+    for needed in (store.front, store.problem, store.front_meta, store.library):
+        if not needed.exists():
+            raise BenchError(f"job {job} has no {needed.relative_to(store.dir)}")
     return store
 
 
@@ -275,7 +275,7 @@ def collect_points(store, spec, parent, splits, args, report=print) -> list:
     from nas.strategies.depth import depth_masks
 
     meta = read_meta(store.dir)
-    problem = SelectionProblem.from_dict(json.loads(store.path("pareto/problem.json").read_text()))
+    problem = SelectionProblem.from_dict(json.loads(store.problem.read_text()))
     n = problem.num_layers
     points = [("parent", "parent", (PARENT,) * n)]
     front = read_front(store.dir).to_dict("records")
@@ -321,7 +321,7 @@ def predicted_latency(store):
     from nas.selection.costs import SelectionProblem
 
     metric = read_meta(store.dir).get("primary_metric")
-    problem = SelectionProblem.from_dict(json.loads(store.path("pareto/problem.json").read_text()))
+    problem = SelectionProblem.from_dict(json.loads(store.problem.read_text()))
     if metric not in problem.metrics:
         return None
     return lambda choices: problem.costs(problem.indices(choices))[metric]
@@ -407,11 +407,10 @@ def run(args) -> int:
     from compress.latency import settings_of
     from compress.student import library_loader
     from nas.baseline_stage import load_job_parent, prepare_data
-    from nas.export import job_spec
 
     t0 = time.perf_counter()
     store = open_job(args.results, args.job)
-    spec = job_spec(store)
+    spec = store.spec()
     parent = load_job_parent(spec)
     parent.adapter.eval()
     splits = prepare_data(spec, store, parent)
@@ -424,7 +423,7 @@ def run(args) -> int:
         f"[baselines] {len(points)} points ({len(set(c for _, _, c in points))} distinct), "
         f"{profile.describe()}, quality on {ids.numel()} eval tokens"
     )
-    loader = library_loader(store.path("library"), parent.adapter)
+    loader = library_loader(store.library, parent.adapter)
     torch.manual_seed(0)
     measured = measure(
         points,

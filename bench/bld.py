@@ -94,7 +94,7 @@ def main() -> None:
         t2 = time.perf_counter()
         result = stage_bld(spec, store, prepared, captured)
         bld_s = time.perf_counter() - t2
-    records = read_records(store.path("library"))
+    records = read_records(store.library)
     rates = [r["tokens_per_s"] for r in records]
     by_kind = {}
     for r in records:

@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nas.layout import JobLayout  # noqa: E402
+
 
 def weight_bytes(shape, choices) -> int:
     """fp32 bytes of a student with ``choices`` ([attention, ffn] per layer) of ``shape``."""
@@ -68,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 def _shape_of(job: Path):
     """The parent's shape (loads the job's parent)."""
     from compress.loading import load_parent
-    from nas.spec import SearchSpec
 
-    spec = SearchSpec.model_validate(json.loads((job / "manifest.json").read_text())["spec"])
+    spec = JobLayout(job).spec()
     return load_parent(spec.model.source).shape
 
 

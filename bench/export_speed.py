@@ -150,14 +150,14 @@ def main() -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     t_start = time.perf_counter()
     if args.job:
-        from nas.export import find_point, job_spec, point_choices
+        from nas.export import find_point, point_choices
         from nas.store import JobStore
 
         store = JobStore.open(args.results, args.job)
-        model_source = job_spec(store).model.source
+        model_source = store.spec().model.source
         parent = load_parent(model_source)
         choices = point_choices(find_point(store, args.point))
-        loader = library_loader(store.path("library"), parent.adapter)
+        loader = library_loader(store.library, parent.adapter)
         label = f"job {args.job} point {args.point}"
     else:
         model_source = args.model

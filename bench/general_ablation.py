@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # nas.layout when run as a script
 RECIPES = ("stories", "mix", "mix-bld2")
 
 
@@ -71,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     base = _absolute(yaml.safe_load(spec_path.read_text()), spec_path.parent)
     folder = Path(args.results) / "ablation-specs"
     folder.mkdir(parents=True, exist_ok=True)
+    from nas.layout import JobLayout
+
     jobs = []
     for recipe in args.only:
         path = folder / f"{recipe}.yaml"
         path.write_text(yaml.safe_dump(recipe_spec(base, recipe), sort_keys=False))
         job = f"abl-{recipe}"
-        done = Path(args.results) / job / "manifest.json"
+        done = JobLayout(Path(args.results) / job).manifest_path
         if done.exists() and json.loads(done.read_text()).get("state") == "finished":
             print(f"[ablation] {job} finished before", flush=True)
         else:

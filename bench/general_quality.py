@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._report import write_table  # noqa: E402
 from bench.healed_front import rotated_rounds  # noqa: E402
+from nas.layout import JobLayout  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from compress.export_onnx import export_onnx, ort_session
     from compress.loading import load_parent
-    from nas.export import job_spec
     from nas.store import JobStore
 
-    specs = {label: job_spec(JobStore.open(args.results, f.name)) for label, f in jobs.items()}
+    specs = {label: JobStore.open(args.results, f.name).spec() for label, f in jobs.items()}
     sets = [s.name for s in next(iter(specs.values())).eval.sets]
     if not sets or args.set not in sets:
         print(f"error: the jobs have no eval set {args.set!r} (sets: {sets})", file=sys.stderr)
@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, job in jobs.items():
         spec = specs[label]
-        parent_q = json.loads((job / "students" / "parent.json").read_text())
-        front = {r["point_id"]: r for r in json.loads((job / "pareto" / "front.json").read_text())}
+        layout = JobLayout(job)
+        parent_q = json.loads(layout.parent_measured.read_text())
+        front = {r["point_id"]: r for r in layout.front_records()}
         gkd = spec.export.gkd
         for name in [n for n in paths if n.startswith(label + "/")]:
             pid = name.split("/", 1)[1]
@@ -165,7 +166,7 @@ def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int
     from compress.student import assemble_student, library_loader
 
     student = assemble_student(
-        parent.adapter, point["choices"], library_loader(job / "library", parent.adapter)
+        parent.adapter, point["choices"], library_loader(JobLayout(job).library, parent.adapter)
     ).eval()
     out = {}
     for s in sets:

@@ -71,11 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from compress.export_onnx import empty_past, export_onnx, ort_session
-    from nas.export import job_spec
     from nas.store import JobStore
 
     store = JobStore.open(args.results, args.job)
-    spec = job_spec(store)
+    spec = store.spec()
     from compress.loading import load_parent
 
     parent = load_parent(spec.model.source)
@@ -100,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    parent_q = json.loads((job / "students" / "parent.json").read_text())
+    parent_q = json.loads(store.parent_measured.read_text())
     parent_ms = float(np.median(times["parent"]))
-    front = {r["point_id"]: r for r in json.loads((job / "pareto" / "front.json").read_text())}
+    front = {r["point_id"]: r for r in store.front_records()}
     rows = [_row("parent", "", times["parent"], parent_ms, times["parent"], parent_q, parent_q)]
     for name in paths:
         if name == "parent":
             continue
-        measured = json.loads((job / "students" / name / "measured.json").read_text())
+        measured = json.loads(store.measured(name).read_text())
         quality = {k.removeprefix("measured_"): v for k, v in measured.items()}
         target = front.get(name, {}).get("target", "")
         rows.append(_row(name, target, times[name], parent_ms, times["parent"], quality, parent_q))

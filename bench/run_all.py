@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # nas.layout when run as a script
 OUT = ROOT / "results" / "bench"
 DEFAULT_JOB = "bench-quickstart"
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -66,10 +67,12 @@ def say(message: str) -> None:
 
 
 def job_state(results: Path, job: str) -> str | None:
-    manifest = results / job / "manifest.json"
-    if not manifest.exists():
+    from nas.layout import JobLayout
+
+    layout = JobLayout(results / job)
+    if not layout.manifest_path.exists():
         return None
-    return json.loads(manifest.read_text()).get("state")
+    return layout.manifest().get("state")
 
 
 def ensure_job(results: Path, job: str | None) -> str:
@@ -96,11 +99,13 @@ def ensure_job(results: Path, job: str | None) -> str:
 
 def half_latency_point(results: Path, job: str) -> str:
     """The front point whose predicted primary latency is closest to half the parent's."""
-    folder = results / job / "pareto"
-    meta = json.loads((folder / "meta.json").read_text())
+    from nas.layout import JobLayout
+
+    layout = JobLayout(results / job)
+    meta = json.loads(layout.front_meta.read_text())
     column = meta["primary_column"]
     goal = 0.5 * meta["parent"][column]
-    front = json.loads((folder / "front.json").read_text())
+    front = layout.front_records()
     return min(front, key=lambda p: abs(p[column] - goal))["point_id"]
 
 

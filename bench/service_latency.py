@@ -22,7 +22,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
 from bench._report import write_table  # noqa: E402
+from nas.layout import JobLayout  # noqa: E402
 
 
 def free_port() -> int:
@@ -35,7 +37,7 @@ def ensure_job(results: Path, job: str | None) -> str:
     if job:
         return job
     job = "bench-service-tiny"
-    if not (results / job / "pareto" / "front.json").exists():
+    if not JobLayout(results / job).front.exists():
         subprocess.run(
             [
                 sys.executable,

@@ -18,7 +18,6 @@ results/bench/throughput_at_batch.md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from compress.latency import measure_all, settings_of
 from compress.loading import load_parent
 from compress.profile import load_profile
 from compress.variants import VariantSpec
+from nas.layout import JobLayout
 from nas.pareto import read_front, read_meta
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "bench"
@@ -47,11 +47,8 @@ def main() -> None:
     profile = load_profile(args.profile)
     if profile.phase != "decode":
         raise SystemExit(f"{args.profile} is a {profile.phase} profile; give the decode one")
-    manifest = json.loads((args.job / "manifest.json").read_text())
-    spec = manifest["spec"]
-    relative = {
-        t["metric"]: t.get("relative", True) for t in spec["targets"] if t.get("metric")
-    }
+    spec = JobLayout(args.job).manifest()["spec"]
+    relative = {t["metric"]: t.get("relative", True) for t in spec["targets"] if t.get("metric")}
     front = read_front(args.job)
     meta = read_meta(args.job)
     points = front[front["strategy"] == "puzzle-mip"].reset_index(drop=True)

@@ -49,10 +49,13 @@ def nmse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def heldout_nmse(
     module: nn.Module, data: Activations, layer: int, kind: str, batch: int = 16
 ) -> float:
-    """nMSE of ``module`` against the parent over every sequence of ``data`` (summed, then divided)."""
+    """nMSE of ``module`` against the parent over every sequence of ``data`` (summed, then
+    divided), computed on the module's device."""
+    device = next(module.parameters(), torch.empty(0)).device
     err, ref = 0.0, 0.0
     for first in range(0, data.num_sequences, batch):
         inputs, targets = data.sequences(layer, kind, slice(first, first + batch))
+        inputs, targets = inputs.to(device), targets.to(device)
         pred = module(inputs).float()
         err += float((pred - targets).pow(2).sum())
         ref += float(targets.pow(2).sum())
@@ -90,8 +93,12 @@ def train_variant(
     train: Activations,
     heldout: Activations,
     config: BLDConfig,
+    device: str = "cpu",
 ) -> tuple[nn.Module, dict]:
     """Build ``spec`` for ``layer`` from the parent subblock and train it with BLD.
+
+    ``device`` (``"cpu"``, ``"cuda"``): where the training steps and nMSE run; the module is
+    built on the CPU and returned there.
 
     Initialisation uses the first ``config.init_tokens`` tokens of ``train``; training cycles
     over ``train``'s sequences in a seeded random order for ``config.tokens`` tokens;
@@ -106,7 +113,7 @@ def train_variant(
     if next(parent_subblock.parameters()).dtype != torch.float32:
         parent_subblock = copy.deepcopy(parent_subblock).float()
     module = build_variant(spec, parent_subblock, init_data(train, layer, kind, config.init_tokens))
-    module = module.float()
+    module = module.float().to(device)
     module.eval()
     nmse_init = heldout_nmse(module, heldout, layer, kind, config.eval_batch_size)
 
@@ -127,6 +134,7 @@ def train_variant(
         index = order[cursor : cursor + batch].sort().values
         cursor += batch
         inputs, targets = train.sequences(layer, kind, index)  # (B, S, hidden) each
+        inputs, targets = inputs.to(device), targets.to(device)
         loss = nmse_loss(module(inputs).float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,6 +143,7 @@ def train_variant(
         losses.append(float(loss.detach()))
     module.eval()
     nmse_final = heldout_nmse(module, heldout, layer, kind, config.eval_batch_size)
+    module = module.cpu()
     seconds = time.perf_counter() - t0
     tokens = steps * batch * seq_len
     record = {
@@ -151,6 +160,7 @@ def train_variant(
         "heldout_tokens": heldout.num_tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
+        "device": str(device),
         "config": config.to_dict(),
     }
     return module, record

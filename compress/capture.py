@@ -60,6 +60,11 @@ def array_path(folder: Path, layer: int, name: str) -> Path:
     return Path(folder) / f"L{layer:03d}.{name}.npy"
 
 
+def layer_files(layer: int) -> list[str]:
+    """The file names of one layer's arrays (what a task training that layer reads)."""
+    return [array_path(Path(), layer, name).name for name in ARRAYS]
+
+
 def read_meta(folder: str | os.PathLike) -> CaptureMeta | None:
     """The folder's metadata, or None when the folder is absent or unfinished."""
     path = Path(folder) / META

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from nas.pipeline import run_job
 from nas.spec import SearchSpec, load_spec
+from nas.storage import is_uri
 from nas.store import DEFAULT_RESULTS, JobStore, list_jobs, new_job_id
 
 if TYPE_CHECKING:
@@ -31,13 +32,22 @@ def init_folder(folder: str | Path, force: bool = False) -> list[Path]:
     return write_shipped(folder, force)
 
 
-def results_root(spec: SearchSpec | None, results: str | Path | None) -> Path:
-    """``--results`` wins, then the spec's ``ray.storage``, then ``./results``."""
-    if results is not None:
-        return Path(results)
-    if spec is not None and spec.ray.storage:
-        return Path(spec.ray.storage)
-    return DEFAULT_RESULTS
+def results_root(spec: SearchSpec | None, results: str | Path | None) -> str | Path:
+    """``--results`` wins, then the spec's ``ray.storage``, then ``./results``; a URI
+    (``s3://bucket/prefix``, ``gs://``, ``file://``) stays a string (``nas.storage``)."""
+    root = results if results is not None else (spec.ray.storage if spec is not None else None)
+    if root is None or root == "":
+        return DEFAULT_RESULTS
+    return str(root) if is_uri(str(root)) else Path(root)
+
+
+def open_job(job_id: str, results: str | Path | None, pull: str = "results") -> JobStore:
+    """An existing job by id (in ``results``) or by URI (``s3://bucket/prefix/JOB``: the
+    last part is the id, the rest the results root); ``NotFound`` when there is none."""
+    if is_uri(job_id):
+        root, _, job_id = job_id.rstrip("/").rpartition("/")
+        return JobStore.open(root, job_id, pull)
+    return JobStore.open(results_root(None, results), job_id, pull)
 
 
 def run(
@@ -50,7 +60,7 @@ def run(
     """Create a job from a spec file and run its pipeline; returns the job's store."""
     spec = load_spec(spec_path)
     store = create_job(spec, job_id, results_root(spec, results), Path(spec_path).resolve())
-    report(f"job {store.job_id} -> {store.dir}")
+    report(f"job {store.job_id} -> {store.location(store.dir)}")
     run_job(spec, store, report, until=until)
     return store
 
@@ -73,7 +83,7 @@ def resume(
     job_id: str, results: str | Path | None = None, report=print, until: str | None = None
 ) -> JobStore:
     """Finish an existing job: stages and items already recorded are not redone."""
-    store = JobStore.open(results_root(None, results), job_id)
+    store = open_job(job_id, results, pull="all")
     spec = store.spec()
     done = [str(s) for s in store.manifest().get("stages_done", [])]
     report(f"resuming job {store.job_id} ({', '.join(done) or 'no stage'} done)")
@@ -96,7 +106,7 @@ def submit(
 
     spec = load_spec(spec_path)
     root = results_root(spec, results)
-    return cluster.submit(spec, address, job_id or new_job_id(spec.name), Path(root))
+    return cluster.submit(spec, address, job_id or new_job_id(spec.name), root)
 
 
 def wait(address: str, job_id: str, timeout_s: float = 3600) -> str:
@@ -109,7 +119,7 @@ def status(job_id: str, results: str | Path | None = None, address: str | None =
     """The store's view of a job (stage, items done) plus the Ray state when ``address`` is given."""
     from nas import cluster
 
-    info = cluster.progress(JobStore.open(results_root(None, results), job_id))
+    info = cluster.progress(open_job(job_id, results, pull="records"))
     if address:
         info["ray"] = cluster.ray_status(address, job_id)
     return info
@@ -129,15 +139,17 @@ def export_point(
     ``seconds``, parity records). Raises ``JobError`` for a missing job or point."""
     from nas.export import export_point as _export
 
-    store = JobStore.open(results_root(None, results), job_id)
-    return _export(store, point_id, fmt, out_dir, precision=precision, report=report)
+    store = open_job(job_id, results)
+    summary = _export(store, point_id, fmt, out_dir, precision=precision, report=report)
+    store.push()  # a job on object storage keeps the export too
+    return summary
 
 
 def point(job_id: str, point_id: str, results: str | Path | None = None) -> dict:
     """The record of one point of a job's front; ``NotFound`` naming known ids when missing."""
     from nas.export import find_point
 
-    return find_point(JobStore.open(results_root(None, results), job_id), point_id)
+    return find_point(open_job(job_id, results, pull="records"), point_id)
 
 
 def clean(job_id: str, results: str | Path | None = None) -> dict:
@@ -145,7 +157,7 @@ def clean(job_id: str, results: str | Path | None = None) -> dict:
     Raises ``JobError`` while the job is not finished."""
     from nas.clean import clean_job
 
-    return clean_job(JobStore.open(results_root(None, results), job_id))
+    return clean_job(open_job(job_id, results))
 
 
 def pareto(
@@ -161,7 +173,7 @@ def pareto(
     from nas.downstream import join_eval
     from nas.pareto import query_front
 
-    store = JobStore.open(results_root(None, results), job_id)
+    store = open_job(job_id, results, pull="records")
     front = query_front(store.dir, max_latency_ms=max_latency_ms, max_memory_mib=max_memory_mib)
     return join_eval(store.dir, front)
 
@@ -180,8 +192,10 @@ def evaluate(
     ``<job>/eval/`` and joined by ``pareto``. Returns ``{point: record}`` (``nas.downstream``)."""
     from nas.downstream import evaluate_points
 
-    store = JobStore.open(results_root(None, results), job_id)
-    return evaluate_points(store, points, tasks, limit, batch_size, report)
+    store = open_job(job_id, results)
+    records = evaluate_points(store, points, tasks, limit, batch_size, report)
+    store.push()
+    return records
 
 
 def plot_pareto(
@@ -195,7 +209,7 @@ def plot_pareto(
     all of the job's)."""
     from nas.pareto_plot import plot_job
 
-    store = JobStore.open(results_root(None, results), job_id)
+    store = open_job(job_id, results, pull="records")
     return plot_job(store.dir, Path(path), quality)
 
 

@@ -32,7 +32,7 @@ def stage_baseline(spec: SearchSpec, store: JobStore, report: Report = print) ->
     from compress.evaluate import lm_loss
 
     t0 = time.perf_counter()
-    if not store.path("data", "splits.safetensors").exists():
+    if not store.splits.exists():
         check_eval_sets(spec)  # refuse overlapping eval sets before any heavy work
     parent = load_job_parent(spec)
     report(
@@ -103,7 +103,7 @@ def prepare_data(spec: SearchSpec, store: JobStore, parent, report: Report = pri
     from compress.atomic import atomic_write
     from compress.data import TokenSplits, mixed_calibration
 
-    path = store.path("data", "splits.safetensors")
+    path = store.splits
     if path.exists():
         tensors = load_file(str(path))
         return TokenSplits(train=tensors["train"], eval=tensors["eval"])
@@ -143,7 +143,7 @@ def prepare_eval_sets(spec: SearchSpec, store: JobStore, parent, report: Report 
 
     out = {}
     for s in spec.eval.sets:
-        path = store.path("data", f"eval__{s.name}.safetensors")
+        path = store.eval_set(s.name)
         if path.exists():
             out[s.name] = load_file(str(path))["tokens"]
             continue

@@ -82,7 +82,7 @@ def prefiltered(
     """
     if spec.space.prefilter is None:
         return None
-    path = store.path("bld", "prefilter.json")
+    path = store.prefilter
     if path.exists():
         return json.loads(path.read_text())
     from compress.atomic import atomic_write_json
@@ -114,10 +114,7 @@ def stage_capture(
     seq_len = splits.seq_len
     n_train = min(splits.train.shape[0], max(1, math.ceil(spec.bld.tokens / seq_len)))
     n_held = min(splits.eval.shape[0], max(1, math.ceil(spec.bld.eval_tokens / seq_len)))
-    train_dir, heldout_dir = (
-        store.path("activations", "train"),
-        store.path("activations", "heldout"),
-    )
+    train_dir, heldout_dir = store.activations_train, store.activations_heldout
     on_disk = read_meta(train_dir) is not None and read_meta(heldout_dir) is not None
     if store.stage_done("capture") and (on_disk or store.stage_done("bld")):
         report("[capture] done before")
@@ -169,28 +166,38 @@ def _train_one(
 ) -> dict:
     """Body of one Ray task: train ``variant`` of ``layer`` and write it to the library.
 
-    Idempotent: a variant already in the library (e.g. a retried task whose first attempt
-    finished writing) is read back, not retrained.
+    The four locations are local paths, or URIs of a job on object storage: then the task
+    fetches the parent subblock and only this layer's activations to its node and publishes
+    the variant's two files (the record last). Idempotent: a variant already in the library
+    (e.g. a retried task whose first attempt finished writing) is read back, not retrained.
     """
     import json
 
     import torch
 
     from compress.bld import BLDConfig, train_variant
-    from compress.capture import Activations
-    from compress.library import has_variant, save_variant, variant_paths
+    from compress.capture import META, Activations, layer_files
+    from compress.library import save_variant, variant_paths
     from compress.subblock_file import load_parent_subblock
+    from nas.ray_runtime import task_device
+    from nas.storage import Remote, fetch, is_uri, local_stem, output_folder, publish
 
     torch.set_num_threads(1)
     spec = VariantSpec.parse(variant)
-    if has_variant(library_dir, layer, spec):
-        return json.loads(variant_paths(library_dir, layer, spec)[1].read_text())
-    parent = load_parent_subblock(parent_path)
+    weights, record_path = variant_paths("", layer, spec)
+    if is_uri(library_dir) and Remote(library_dir).exists(record_path.name):
+        return json.loads(Remote(library_dir).read_text(record_path.name))
+    if not is_uri(library_dir) and (Path(library_dir) / record_path).is_file():
+        return json.loads((Path(library_dir) / record_path).read_text())
+    parent = load_parent_subblock(local_stem(parent_path))
+    inputs = [Activations(fetch(d, [META, *layer_files(layer)])) for d in (train_dir, heldout_dir)]
     module, record = train_variant(
-        spec, layer, parent, Activations(train_dir), Activations(heldout_dir), BLDConfig(**config)
+        spec, layer, parent, *inputs, BLDConfig(**config), device=task_device()
     )
-    record["worker_pid"] = os.getpid()
-    save_variant(library_dir, layer, spec, module, record)
+    record.update(worker_pid=os.getpid(), activations_from=train_dir)
+    out = output_folder(library_dir)
+    save_variant(out, layer, spec, module, record)
+    publish(out, library_dir, [weights.name, record_path.name])
     return record
 
 
@@ -201,7 +208,7 @@ def _save_parent_blocks(store: JobStore, adapter, keys: set[tuple[int, str]]) ->
 
     paths = {}
     for layer, kind in sorted(keys):
-        stem = store.path("bld", "parent", f"L{layer:03d}.{kind}")
+        stem = store.bld_parent / f"L{layer:03d}.{kind}"
         if not stem.with_name(stem.name + ".json").exists():
             save_parent_subblock(adapter, layer, kind, stem)
         paths[layer, kind] = str(stem)
@@ -223,7 +230,7 @@ def stage_bld(
     """
     from compress.library import has_variant, read_records
 
-    library_dir = store.path("library")
+    library_dir = store.library
     shape = prepared.parent.shape
     planned = planned_variants(spec, shape, prefiltered(spec, store, prepared, report))
     if store.stage_done("bld"):
@@ -248,7 +255,7 @@ def stage_bld(
         lost = [f"L{layer} {v}" for layer, v in planned if (layer, str(v)) not in records]
         if lost:
             raise JobError(f"BLD finished but the library lacks {', '.join(lost[:5])}")
-        shutil.rmtree(store.path("bld", "parent"), ignore_errors=True)  # task inputs, derivable
+        shutil.rmtree(store.bld_parent, ignore_errors=True)  # task inputs, derivable
         trained = read_records(library_dir)
         store.write_stage(
             "bld",
@@ -282,20 +289,20 @@ def _run_on_ray(
     done_before: int,
     total: int,
 ) -> None:
-    import ray
 
     parents = _save_parent_blocks(store, adapter, {(layer, v.kind) for layer, v in todo})
+    store.push()  # object storage: the parent subblocks and activations go up before any task
     config = bld_config(spec).to_dict()
     _connect_ray(spec)
-    task = ray.remote(**task_options(num_cpus=1))(_train_one)
+    task = bld_task(spec)
     pending = {
         task.remote(
             layer,
             str(v),
-            parents[layer, v.kind],
-            str(captured.train_dir),
-            str(captured.heldout_dir),
-            str(library_dir),
+            store.location(Path(parents[layer, v.kind])),
+            store.location(captured.train_dir),
+            store.location(captured.heldout_dir),
+            store.location(library_dir),
             config,
         ): f"{v} in layer {layer}"
         for layer, v in todo
@@ -307,6 +314,15 @@ def _run_on_ray(
             done += 1
             bar.update(done)
             store.set_progress("bld", done, total)
+    store.pull_folder(library_dir)  # what the tasks published (object storage)
+
+
+def bld_task(spec: SearchSpec):
+    """The Ray remote function of one BLD task, with the spec's resources (one CPU, and
+    ``ray.gpus_per_task`` GPUs when the spec asks for them)."""
+    import ray
+
+    return ray.remote(**task_options(num_cpus=1, num_gpus=spec.ray.gpus_per_task))(_train_one)
 
 
 def _connect_ray(spec: SearchSpec) -> None:

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 from nas.errors import JobError
+from nas.layout import INTERMEDIATES
 from nas.store import JobStore
-
-INTERMEDIATES = (("activations",), ("scoring", "cache"), ("bld", "parent"))
 
 
 def folder_bytes(folder: Path) -> int:
@@ -45,14 +44,21 @@ def clean_job(store: JobStore) -> dict:
             f"job {store.job_id} is {state}, not finished: its intermediates are still needed "
             f"(finish it with `nas resume {store.job_id}` first)"
         )
-    before = folder_bytes(store.dir)
+
+    def size() -> int:
+        remote = store.remote
+        return folder_bytes(store.dir) if remote is None else sum(remote.sizes().values())
+
+    before = size()
     removed = []
     for parts in INTERMEDIATES:
-        path = store.path(*parts)
-        if path.exists():
-            shutil.rmtree(path)
-            removed.append("/".join(parts))
-    after = folder_bytes(store.dir)
+        path, rel = store.path(*parts), "/".join(parts)
+        if path.exists() or (store.remote is not None and store.remote.exists(rel)):
+            shutil.rmtree(path, ignore_errors=True)
+            if store.remote is not None:
+                store.remote.remove(rel)
+            removed.append(rel)
+    after = size()
     record = {"removed": removed, "bytes_before": before, "bytes_after": after}
     record["bytes_freed"] = before - after
     store.update_manifest(cleaned={**record, "at": time.time()})

@@ -66,7 +66,7 @@ def run(
     job_id: str | None = typer.Option(
         None, "--job-id", help="job id (default: NAME-TIMESTAMP-XXXX)"
     ),
-    results: Path | None = ResultsOpt,
+    results: str | None = ResultsOpt,
     resume_job: str | None = typer.Option(None, "--resume", help="resume this job instead"),
     until: str | None = typer.Option(None, "--until", help="stop after this stage"),
 ) -> None:
@@ -81,7 +81,7 @@ def run(
 
 
 @app.command()
-def resume(job_id: str = typer.Argument(...), results: Path | None = ResultsOpt) -> None:
+def resume(job_id: str = typer.Argument(...), results: str | None = ResultsOpt) -> None:
     """Finish an interrupted job without redoing finished stages or items."""
     from nas import api
 
@@ -99,13 +99,14 @@ def _finish(store) -> None:
     if times:
         _say("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     if store.stage_done("selection"):
-        plot = store.path("pareto", "front.png")
-        front = store.path("pareto", "front.json")
+        plot = store.pareto_file("front.png")
+        front = store.front
         if not plot.exists() or plot.stat().st_mtime < front.stat().st_mtime:  # else current
             api.plot_pareto(store.job_id, plot, store.root)
+            store.push()  # a job on object storage keeps its plot
         _print_front(store.job_id, api.pareto(store.job_id, store.root))
-        _say(f"plot: {plot}")
-    _say(f"job {store.job_id} {state}: {store.dir}")
+        _say(f"plot: {store.location(plot)}")
+    _say(f"job {store.job_id} {state}: {store.location(store.dir)}")
 
 
 def _print_front(job_id: str, frame) -> None:
@@ -128,7 +129,7 @@ def _print_front(job_id: str, frame) -> None:
 
 
 @app.command()
-def jobs(results: Path | None = ResultsOpt) -> None:
+def jobs(results: str | None = ResultsOpt) -> None:
     """List the jobs in the results folder."""
     from nas import api
 
@@ -145,7 +146,7 @@ def submit(
     spec: Path = typer.Argument(..., help="search spec (YAML)"),
     address: str = typer.Option(..., "--address", help="Ray job server, e.g. http://HOST:8265"),
     job_id: str | None = typer.Option(None, "--job-id"),
-    results: Path | None = ResultsOpt,
+    results: str | None = ResultsOpt,
     wait: bool = typer.Option(False, "--wait", help="block until the job ends"),
 ) -> None:
     """Run a spec as a job on a Ray cluster (Ray Job Submission API); prints the job id."""
@@ -164,7 +165,7 @@ def submit(
 def status(
     job_id: str = typer.Argument(...),
     address: str | None = typer.Option(None, "--address", help="also ask this Ray job server"),
-    results: Path | None = ResultsOpt,
+    results: str | None = ResultsOpt,
 ) -> None:
     """A job's state, its current stage and how many items of each stage are done."""
     from nas import api
@@ -250,7 +251,7 @@ def export_cmd(
     precision: str | None = typer.Option(
         None, "--precision", help="fp32 | fp16 | bf16 (default: the spec's measure precision)"
     ),
-    results: Path | None = ResultsOpt,
+    results: str | None = ResultsOpt,
 ) -> None:
     """Export one Pareto point (or the parent) as an onnxruntime-genai folder, TensorRT
     engines or a transformers folder; reuses what the job already exported."""
@@ -262,7 +263,7 @@ def export_cmd(
 
 
 @app.command()
-def clean(job_id: str = typer.Argument(...), results: Path | None = ResultsOpt) -> None:
+def clean(job_id: str = typer.Argument(...), results: str | None = ResultsOpt) -> None:
     """Delete a finished job's intermediates (activations, caches); keeps the library,
     the front and the exported students."""
     from nas import api
@@ -285,7 +286,7 @@ def pareto(
     quality: list[str] | None = typer.Option(
         None, "--quality", help="plot: eval set (SET or SET:kl; repeatable; default: all)"
     ),
-    results: Path | None = ResultsOpt,
+    results: str | None = ResultsOpt,
 ) -> None:
     """Query a job's Pareto front (filters, sorted by latency); optionally plot it."""
     from nas import api
@@ -379,7 +380,7 @@ def eval_cmd(
     ),
     limit: int | None = typer.Option(None, "--limit", help="at most N items per task"),
     batch_size: int = typer.Option(8, "--batch-size"),
-    results: Path | None = ResultsOpt,
+    results: str | None = ResultsOpt,
 ) -> None:
     """Downstream accuracy (EleutherAI lm-eval) of the parent and students; `nas pareto` shows it."""
     from nas import api

@@ -14,6 +14,7 @@ from pathlib import Path
 from nas.errors import JobError
 from nas.ray_runtime import explain
 from nas.spec import SearchSpec
+from nas.storage import is_uri
 from nas.store import JobStore, validate_job_id
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -29,17 +30,17 @@ def _client(address: str):
         raise JobError(f"cannot reach the Ray job server at {address}: {explain(exc)}") from None
 
 
-def submit(spec: SearchSpec, address: str, job_id: str, storage: Path) -> str:
+def submit(spec: SearchSpec, address: str, job_id: str, storage: str | Path) -> str:
     """Start the job on the cluster; returns the job id. Results go to ``storage/<job-id>``.
 
     The job's folder (manifest with the resolved spec) is created here first, and the cluster
-    runs ``nas resume JOB --results STORAGE``; so ``storage`` must be a path the cluster's head
-    node sees too (a shared filesystem on a multi-node cluster). No ``working_dir`` is shipped:
+    runs ``nas resume JOB --results STORAGE``; so ``storage`` must be a URI (``s3://...``,
+    ``nas.storage``) or a path the cluster's head node sees too (a shared filesystem). No ``working_dir`` is shipped:
     a driver that calls ``ray.init`` inside a job loses such a directory as its cwd.
     """
     validate_job_id(job_id)
     client = _client(address)
-    storage = Path(storage).resolve()
+    storage = str(storage) if is_uri(str(storage)) else Path(storage).resolve()
     JobStore.create(storage, job_id, spec.model_dump(mode="json"), None)
     entrypoint = f"nas resume {shlex.quote(job_id)} --results {shlex.quote(str(storage))}"
     deadline = time.monotonic() + AGENT_WAIT_S

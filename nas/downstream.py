@@ -25,12 +25,12 @@ from pathlib import Path
 
 from compress.atomic import atomic_write_json
 from compress.errors import UserError
+from nas.layout import JobLayout
 from nas.store import JobStore
 
 LOCAL_TASKS = Path(__file__).resolve().parent / "eval_tasks"
 DEFAULT_TASKS = ("nas_next_word",)
 PARENT = "parent"
-EVAL_DIR = "eval"
 COLUMN_PREFIX = "eval_"
 Report = Callable[[str], None]
 
@@ -85,7 +85,7 @@ def metrics_of(results: dict) -> dict[str, dict[str, float]]:
 
 
 def record_path(store: JobStore, point_id: str) -> Path:
-    return store.path(EVAL_DIR, f"{point_id}.json")
+    return store.eval_record(point_id)
 
 
 def store_result(store: JobStore, point_id: str, evaluated: dict, limit) -> dict:
@@ -118,7 +118,7 @@ def store_result(store: JobStore, point_id: str, evaluated: dict, limit) -> dict
 
 def eval_columns(job_dir: str | Path) -> dict[str, dict[str, float]]:
     """``{point id or "parent": {column: value}}`` of every stored record of a job."""
-    folder = Path(job_dir) / EVAL_DIR
+    folder = JobLayout(job_dir).eval
     out = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         record = json.loads(path.read_text())
@@ -152,7 +152,7 @@ def load_point_model(store: JobStore, spec, parent, point_id: str, report: Repor
     if point_id == PARENT:
         return parent.adapter
     point = find_point(store, point_id)
-    saved = store.path("students", point_id, "hf")
+    saved = store.export(point_id, "hf")
     if (saved / "student.json").is_file():
         return load_student(saved, tokenizer=False).model.eval()
     return build_point(store, spec, parent, point, report)[0]
@@ -192,18 +192,18 @@ def evaluate_points(
     ``JobError`` for an unknown job or point, ``EvalError`` for an unknown task, a missing
     lm-eval, or a task whose data cannot be loaded."""
     from nas.baseline_stage import load_job_parent
-    from nas.export import find_point, job_spec, read_front
+    from nas.export import find_point
 
     tasks = list(tasks or DEFAULT_TASKS)
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
     if not points:
-        points = [PARENT, *(str(p["point_id"]) for p in read_front(store))]
+        points = [PARENT, *(str(p["point_id"]) for p in store.front_records())]
     for point_id in points:
         if point_id != PARENT:
             find_point(store, point_id)  # one line naming the known ids, before any work
     manager = task_manager(tasks)
-    spec = job_spec(store)
+    spec = store.spec()
     parent = load_job_parent(spec)
     max_length = int(getattr(parent.hf_model.config, "max_position_embeddings", 2048) or 2048)
     import lm_eval

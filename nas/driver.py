@@ -21,6 +21,7 @@ from pathlib import Path
 
 from compress.atomic import atomic_write_json
 from nas.errors import JobBusy
+from nas.layout import JobLayout
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 6 * HEARTBEAT_S  # a remote driver silent this long is taken as gone
@@ -37,7 +38,7 @@ def _start_time(pid: int) -> float | None:
 
 def read_driver(job_dir: Path) -> dict | None:
     try:
-        record = json.loads((Path(job_dir) / "driver.json").read_text())
+        record = json.loads(JobLayout(job_dir).driver_record.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -61,7 +62,7 @@ def driver_alive(job_dir: Path) -> bool:
 def driver_lease(job_dir: Path, job_id: str):
     """Hold the job's driver lease while the body runs; ``JobBusy`` if a live driver has it."""
     job_dir = Path(job_dir)
-    handle = open(job_dir / "driver.lock", "a+")
+    handle = open(JobLayout(job_dir).driver_lock, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -82,12 +83,14 @@ def driver_lease(job_dir: Path, job_id: str):
 
     def beat() -> None:
         while True:
-            atomic_write_json(job_dir / "driver.json", {**record, "heartbeat": time.time()})
+            atomic_write_json(
+                JobLayout(job_dir).driver_record, {**record, "heartbeat": time.time()}
+            )
             if stop.wait(HEARTBEAT_S):
                 return
 
     beat_once = {**record, "heartbeat": time.time()}
-    atomic_write_json(job_dir / "driver.json", beat_once)
+    atomic_write_json(JobLayout(job_dir).driver_record, beat_once)
     thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
     thread.start()
     try:

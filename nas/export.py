@@ -24,11 +24,11 @@ from pathlib import Path
 
 from compress.atomic import atomic_write_json
 from compress.errors import UserError
-from nas.errors import JobError, NotFound, RecordCorrupt
+from nas.errors import JobError, NotFound
+from nas.layout import JobLayout
 from nas.pareto import MEASURED_COLUMNS
-from nas.selection.errors import FrontMissing
 from nas.spec import SearchSpec
-from nas.store import JobStore, read_json_record
+from nas.store import JobStore
 
 FORMATS = ("onnx", "tensorrt", "hf")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -38,33 +38,9 @@ Report = Callable[[str], None]
 
 
 # --- the Pareto table -------------------------------------------------------------------------
-def front_path(job_dir: str | Path) -> Path:
-    return Path(job_dir) / "pareto" / "front.json"
-
-
-def _records(data) -> list[dict]:
-    """The point records of a front.json: a list, or a mapping with a ``points`` list."""
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict) and isinstance(data.get("points"), list):
-        return data["points"]
-    raise RecordCorrupt("front.json is neither a list of points nor a mapping with 'points'")
-
-
-def read_front(store: JobStore) -> list[dict]:
-    """The job's Pareto points; ``JobError`` (one line) when the table does not exist yet."""
-    path = front_path(store.dir)
-    if not path.is_file():
-        raise FrontMissing(
-            f"job {store.job_id} has no Pareto front yet ({path}); run the job through its "
-            "selection stage first"
-        )
-    return _records(read_json_record(path, f"the Pareto table of job {store.job_id}"))
-
-
 def find_point(store: JobStore, point_id: str) -> dict:
     """The record of ``point_id``; ``JobError`` listing a few known ids when it is missing."""
-    points = read_front(store)
+    points = store.front_records()
     for point in points:
         if str(point.get("point_id")) == str(point_id):
             return point
@@ -104,7 +80,7 @@ def write_measured(job_dir: str | Path, point_id: str, measured: dict) -> dict:
     """
     from nas.pareto import record_measurement
 
-    path = front_path(job_dir)
+    path = JobLayout(job_dir).front
     values = {
         k.removeprefix("measured_"): float(v)
         for k, v in measured.items()
@@ -112,15 +88,11 @@ def write_measured(job_dir: str | Path, point_id: str, measured: dict) -> dict:
     }
     with _locked(path):
         record_measurement(job_dir, str(point_id), **values)
-        records = _records(json.loads(path.read_text()))
+        records = JobLayout(job_dir).front_records()
     return next(r for r in records if str(r.get("point_id")) == str(point_id))
 
 
 # --- building and exporting a point -----------------------------------------------------------
-def job_spec(store: JobStore) -> SearchSpec:
-    return store.spec()
-
-
 def job_splits(spec: SearchSpec, store: JobStore, parent):
     """The job's calibration splits (made and stored if the job has none yet)."""
     from nas.baseline_stage import prepare_data
@@ -137,7 +109,7 @@ def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: 
 
     choices = point_choices(point)
     student = assemble_student(
-        parent.adapter, choices, library_loader(store.path("library"), parent.adapter)
+        parent.adapter, choices, library_loader(store.library, parent.adapter)
     ).eval()
     record = None
     if spec.export.gkd is not None:
@@ -183,7 +155,7 @@ def default_precision(spec: SearchSpec) -> str:
 def job_export_dir(store: JobStore, spec: SearchSpec, point_id: str, fmt: str, precision: str):
     """Where the job keeps ``point_id`` exported in ``fmt`` and ``precision``."""
     name = fmt if precision == default_precision(spec) else f"{fmt}-{precision}"
-    return store.path("students", str(point_id), name)
+    return store.export(point_id, name)
 
 
 def held_export(folder: Path, fmt: str, precision: str, choices) -> bool:
@@ -240,7 +212,7 @@ def export_point(
     if fmt not in FORMATS:
         raise JobError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     t0 = time.perf_counter()
-    spec = job_spec(store)
+    spec = store.spec()
     precision = precision or default_precision(spec)
     if precision not in PRECISIONS:
         raise JobError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")

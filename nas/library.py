@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 
 import pandas as pd
 
 from compress.library import read_records
-from compress.shape import ModelShape
-from nas.errors import JobError
-from nas.spec import SearchSpec
+from nas.errors import JobError, NotFound
+from nas.layout import JobLayout
 
 COLUMNS = [
     "layer",
@@ -43,21 +40,16 @@ def library_frame(job_dir: str | os.PathLike) -> pd.DataFrame:
     Raises ``JobError`` when the job has no finished baseline stage (the model shape comes
     from it).
     """
-    job_dir = Path(job_dir)
+    layout = JobLayout(job_dir)
     try:
-        manifest = json.loads((job_dir / "manifest.json").read_text())
-        baseline = json.loads((job_dir / "stages" / "baseline.json").read_text())
-    except FileNotFoundError as exc:
-        raise JobError(
-            f"{job_dir} is not a job with a finished baseline ({exc.filename})"
-        ) from None
-    spec = SearchSpec.model_validate(manifest["spec"])
-    shape = ModelShape.from_dict(baseline["shape"])
+        spec, shape = layout.spec(), layout.parent_shape()
+    except NotFound as exc:
+        raise JobError(f"{job_dir} is not a job with a finished baseline ({exc})") from None
     from nas.bld_stage import space_variants
 
     attention, ffn = space_variants(spec, shape)
-    records = {(r["layer"], r["variant"]): r for r in read_records(job_dir / "library")}
-    scores = _scores(job_dir)
+    records = {(r["layer"], r["variant"]): r for r in read_records(layout.library)}
+    scores = _scores(layout)
     rows = []
     for layer in range(shape.num_layers):
         for v in attention + ffn:
@@ -82,11 +74,9 @@ def library_frame(job_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _scores(job_dir: Path) -> dict:
-    path = job_dir / "scores" / "scores.json"
-    if not path.is_file():
-        return {}
-    return {(r["layer"], r["variant"]): r for r in json.loads(path.read_text())}
+def _scores(layout: JobLayout) -> dict:
+    rows = layout.read_json(layout.scores_table, "the scores table", default=[])
+    return {(r["layer"], r["variant"]): r for r in rows}
 
 
 def joint_scores(
@@ -97,12 +87,11 @@ def joint_scores(
     half alone (from ``scores/scores.json``). Empty when the job scored no joint blocks."""
     from nas.scoring_stage import read_joint_scores
 
-    job_dir = Path(job_dir)
     joint = read_joint_scores(job_dir)
     if not joint:
         return {}
     out = {(r["layer"], r["attention"], r["ffn"]): float(r[column]) for r in joint}
-    for (layer, variant), record in _scores(job_dir).items():
+    for (layer, variant), record in _scores(JobLayout(job_dir)).items():
         if variant.endswith(":parent") or record.get(column) is None:
             continue
         pair = (

@@ -41,6 +41,7 @@ from nas.front_select import (
     point_id,
     select_front,
 )
+from nas.layout import JobLayout, read_json_record
 from nas.selection.costs import LATENCY_METRICS, SelectionProblem
 from nas.selection.errors import FrontMissing, NoPointFits, SelectionError
 from nas.selection.targets import Bound, Target
@@ -58,12 +59,11 @@ __all__ = [
     "write_front",
 ]
 
-FRONT_DIR = "pareto"
 
 
 # --- storage ------------------------------------------------------------------------------------
 def front_dir(job_dir: str | Path) -> Path:
-    return Path(job_dir) / FRONT_DIR
+    return JobLayout(job_dir).pareto
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -98,7 +98,7 @@ def write_front(
     """Store a front (and its baselines, meta and problem) under ``<job_dir>/pareto``."""
     folder = front_dir(job_dir)
     if problem is not None:
-        atomic_write_json(folder / "problem.json", problem.to_dict())
+        atomic_write_json(folder / JobLayout(job_dir).problem.name, problem.to_dict())
     if len(result.baselines):
         atomic_write_text(
             folder / "baselines.json",
@@ -106,7 +106,7 @@ def write_front(
         )
     if len(result.alternates):
         _write_table(folder, "alternates", result.alternates)
-    atomic_write_json(folder / "meta.json", result.meta)
+    atomic_write_json(JobLayout(job_dir).front_meta, result.meta)
     _write_table(folder, "front", result.front)
     return folder
 
@@ -115,19 +115,19 @@ def rewrite_front(job_dir: str | Path, frame: pd.DataFrame, **meta_fields) -> No
     """Replace the stored front with ``frame`` (same columns, plus any new ones) and merge
     ``meta_fields`` into its meta; both writes are atomic, the meta first."""
     meta = read_meta(job_dir) | meta_fields | {"points": len(frame)}
-    atomic_write_json(front_dir(job_dir) / "meta.json", meta)
+    atomic_write_json(JobLayout(job_dir).front_meta, meta)
     _write_table(front_dir(job_dir), "front", frame)
 
 
 def rewrite_meta(job_dir: str | Path, **meta_fields) -> dict:
     """Merge ``meta_fields`` into the stored meta (atomic); returns the new meta."""
     meta = read_meta(job_dir) | meta_fields
-    atomic_write_json(front_dir(job_dir) / "meta.json", meta)
+    atomic_write_json(JobLayout(job_dir).front_meta, meta)
     return meta
 
 
 def read_meta(job_dir: str | Path) -> dict:
-    path = front_dir(job_dir) / "meta.json"
+    path = JobLayout(job_dir).front_meta
     if not path.exists():
         raise FrontMissing(
             f"{Path(job_dir).name} has no Pareto front yet; run the job through its selection stage"
@@ -139,8 +139,6 @@ def read_meta(job_dir: str | Path) -> dict:
 
 
 def _read_table_json(path: Path, job_dir: str | Path):
-    from nas.store import read_json_record
-
     return read_json_record(path, f"the Pareto front of job {Path(job_dir).name}")
 
 
@@ -155,10 +153,7 @@ def _table(path: Path, job_dir: str | Path) -> pd.DataFrame:
 def read_front(job_dir: str | Path) -> pd.DataFrame:
     """The whole stored front (``choices`` as lists), in stored order."""
     meta = read_meta(job_dir)
-    path = front_dir(job_dir) / "front.json"
-    if not path.exists():
-        raise FrontMissing(f"{Path(job_dir).name} has no pareto/front.json; rerun selection")
-    frame = _table(path, job_dir)
+    frame = pd.DataFrame(JobLayout(job_dir).front_records())
     for column in measured_columns(meta):
         if column not in frame:
             frame[column] = None
@@ -168,7 +163,7 @@ def read_front(job_dir: str | Path) -> pd.DataFrame:
 
 def read_alternates(job_dir: str | Path) -> pd.DataFrame:
     """Every budgeted MIP solution (``alternates.json``), or an empty frame when none."""
-    path = front_dir(job_dir) / "alternates.json"
+    path = JobLayout(job_dir).pareto_file("alternates.json")
     if not path.exists():
         return pd.DataFrame()
     return _table(path, job_dir)
@@ -176,7 +171,7 @@ def read_alternates(job_dir: str | Path) -> pd.DataFrame:
 
 def read_baselines(job_dir: str | Path) -> pd.DataFrame:
     """Baseline points (``baselines.json``), or an empty frame when the job has none."""
-    path = front_dir(job_dir) / "baselines.json"
+    path = JobLayout(job_dir).pareto_file("baselines.json")
     if not path.exists():
         return pd.DataFrame()
     return _table(path, job_dir)

@@ -19,7 +19,6 @@ Every point carries its id.
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from compress.atomic import atomic_write, atomic_write_text
+from nas.layout import JobLayout
 from nas.selection.errors import SelectionError
 
 COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -219,17 +219,18 @@ def plot_job(job_dir: str | Path, path: Path, quality: list[str] | None = None) 
     frame = join_eval(job_dir, read_front(job_dir))
     meta = dict(frame.attrs["meta"])
     meta["parent"] = _parent_measured(job_dir) | meta.get("parent", {})
-    students = job_dir / "stages" / "students.json"
-    measured_on = json.loads(students.read_text()).get("profile", "") if students.exists() else ""
+    layout = JobLayout(job_dir)
+    measured_on = (
+        layout.read_stage("students").get("profile", "") if layout.stage_done("students") else ""
+    )
     return plot(frame, meta, read_baselines(job_dir), path, quality, measured_on)
 
 
 def _parent_measured(job_dir: Path) -> dict:
     """The parent's ``measured_*`` columns from the students stage's ``students/parent.json``."""
-    path = job_dir / "students" / "parent.json"
-    if not path.exists():
-        return {}
-    record = json.loads(path.read_text())
+    record = JobLayout(job_dir).read_json(
+        JobLayout(job_dir).parent_measured, "the parent's measurement", {}
+    )
     out = {f"measured_{k}": record[k] for k in ("kl", "lm_loss", "perplexity") if k in record}
     if "median_ms" in record.get("measured_latency", {}):
         out["measured_latency_ms"] = record["measured_latency"]["median_ms"]

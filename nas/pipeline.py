@@ -65,6 +65,7 @@ def _run_stages(spec: SearchSpec, store: JobStore, report: Report, until: str | 
     except _StoppedAfter as stop:
         return timer.stop(stop.stage)
     except BaseException:
+        store.push()  # object storage: keep the items finished so far
         store.update_manifest(state="failed")
         raise
     return store.update_manifest(state="finished")

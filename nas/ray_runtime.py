@@ -67,15 +67,28 @@ def explain(exc: BaseException) -> str:
     return first
 
 
-def task_options(num_cpus: float = 1, resource: str | None = None) -> dict:
-    """Options for a Ray task: CPUs, retries on a lost worker, an optional custom resource.
+def task_options(num_cpus: float = 1, resource: str | None = None, num_gpus: float = 0) -> dict:
+    """Options for a Ray task: CPUs, GPUs, retries on a lost worker, an optional custom resource.
 
-    ``resource`` (e.g. ``"hw:h100"``) pins the task to nodes that advertise it.
+    ``resource`` (e.g. ``"hw:h100"``) pins the task to nodes that advertise it; ``num_gpus``
+    (the spec's ``ray.gpus_per_task``) makes Ray place the task on a node with a free GPU and
+    set its ``CUDA_VISIBLE_DEVICES``.
     """
     options: dict = {"num_cpus": num_cpus, "max_retries": TASK_RETRIES, "retry_exceptions": False}
     if resource:
         options["resources"] = {resource: 1}
+    if num_gpus:
+        options["num_gpus"] = num_gpus
     return options
+
+
+def task_device() -> str:
+    """``"cuda"`` inside a Ray task that was given a GPU (and torch sees one), else ``"cpu"``."""
+    import ray
+    import torch
+
+    gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    return "cuda" if gpus and torch.cuda.is_available() else "cpu"
 
 
 def as_completed(tasks: dict, what: str):

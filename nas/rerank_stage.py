@@ -47,12 +47,12 @@ def stage_rerank(
     parent = prepared.parent.adapter
     tokens = rerank_tokens(prepared.splits, spec.bld.tokens, spec.strategy.rerank_tokens)
     reference = None
-    load = library_loader(store.path("library"), parent)
+    load = library_loader(store.library, parent)
     unique = alternates.drop_duplicates("point_id")
     scores: dict[str, float] = {}
     for i, row in enumerate(track(unique.to_dict("records"), "[rerank] solutions")):
         pid = row["point_id"]
-        path = store.path("rerank", f"{pid}.json")
+        path = store.rerank(pid)
         if path.exists():
             scores[pid] = json.loads(path.read_text())["kl"]
             continue

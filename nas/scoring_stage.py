@@ -21,12 +21,11 @@ from pathlib import Path
 
 from compress.atomic import atomic_write_json
 from compress.variants import VariantSpec
+from nas.layout import JobLayout
 from nas.spec import SearchSpec
 from nas.stage_io import BLDResult, Prepared, Report, ScoringResult
 from nas.store import JobStore
 
-SCORES_DIR = "scores"
-CACHE_DIR = ("scoring", "cache")
 JOINT_DIR = "joint"
 
 
@@ -60,13 +59,13 @@ def joint_pairs(pairs: list[tuple[int, VariantSpec]]) -> list[tuple[int, str]]:
 
 def read_joint_scores(job_dir: str | Path) -> list[dict]:
     """Every joint score record (``layer``, ``attention``, ``ffn`` and the score columns)."""
-    folder = Path(job_dir) / SCORES_DIR / JOINT_DIR
+    folder = JobLayout(job_dir).joint_scores
     return [json.loads(p.read_text()) for p in sorted(folder.glob("L*.json"))]
 
 
 def read_scores(job_dir: str | Path) -> list[dict]:
     """Every score record of a job (possibly none yet), sorted by layer and variant."""
-    folder = Path(job_dir) / SCORES_DIR
+    folder = JobLayout(job_dir).scores
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("L*.json"))]
     return sorted(rows, key=lambda r: (r["layer"], r["variant"]))
 
@@ -98,7 +97,7 @@ def stage_scoring(
     BLD stage's (its library folder). The stage is recorded as done only once the BLD stage is (a partial library is scored as far as it
     goes, and a resumed job scores the rest). Raises ``JobError`` when a task fails.
     """
-    scores_dir = store.path(SCORES_DIR)
+    scores_dir = store.scores
     if store.stage_done("scoring"):
         rec = store.read_stage("scoring")
         report(f"[scoring] done before: {rec['scored']} variants scored")
@@ -121,14 +120,16 @@ def stage_scoring(
         tokens = splits.eval
         if spec.scoring.eval_tokens is not None:
             tokens = tokens[: max(1, spec.scoring.eval_tokens // splits.seq_len)]
-        cache_dir = store.path(*CACHE_DIR)
+        cache_dir = store.scoring_cache
         ActivationCache.build(parent.adapter, tokens, spec.scoring.batch_size, folder=cache_dir)
+        store.push()  # object storage: the cache goes up before the tasks read it
         _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, len(pairs))
+        store.pull_folder(scores_dir)  # what the tasks published
     wall_s = time.perf_counter() - t0
     rows = read_scores(store.dir)
     scored = len(rows) + len(read_joint_scores(store.dir))
     # the table nas.library.library_frame merges into the library
-    atomic_write_json(scores_dir / "scores.json", rows)
+    atomic_write_json(store.scores_table, rows)
     if store.stage_done("bld"):  # with a partial library, a resumed job scores the rest
         store.write_stage(
             "scoring",
@@ -151,9 +152,9 @@ def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report,
         remote.remote(
             spec.model.source,
             spec.model.dtype,
-            str(cache_dir),
-            str(library_dir),
-            str(scores_dir),
+            store.location(cache_dir),
+            store.location(library_dir),
+            store.location(scores_dir),
             layer,
             variants,
             spec.scoring.batch_size,
@@ -196,12 +197,20 @@ def score_layer(
     """Score the given variants of one layer; write one score file each; return those written.
 
     A plain function (the stage runs it as a Ray task); the parent is loaded from ``source``.
+    The folders are local paths or URIs (a job on object storage: the cache and the layer's
+    variants are fetched to this node, the score files published).
     """
+    from compress.library import variant_paths
     from compress.scoring import ActivationCache, parent_scores, score_block
+    from nas.storage import fetch, output_folder, publish
 
     parent = _worker_parent(source, dtype)
     adapter = parent.adapter
-    cache = ActivationCache.open(cache_dir)
+    cache = ActivationCache.open(fetch(cache_dir))
+    trained = {VariantSpec.parse(t) for text in variants for t in text.split("+")}
+    files = [p.name for v in trained if v.trainable for p in variant_paths("", layer, v)]
+    library_dir = str(fetch(library_dir, files))
+    out = output_folder(scores_dir)
     written = []
     for text in variants:
         specs = [VariantSpec.parse(t) for t in text.split("+")]
@@ -214,9 +223,9 @@ def score_layer(
             record = {"layer": layer, "kind": specs[0].kind, "variant": text}
         else:
             record = {"layer": layer, "attention": str(specs[0]), "ffn": str(specs[1])}
-        path = Path(scores_dir) / score_file_name(layer, text)
-        atomic_write_json(path, {**record, **scores.to_dict()})
+        atomic_write_json(out / score_file_name(layer, text), {**record, **scores.to_dict()})
         written.append(text)
+    publish(out, scores_dir, [score_file_name(layer, text) for text in written])
     return written
 
 

@@ -62,7 +62,7 @@ def job_profiles(spec: SearchSpec, store: JobStore, parent, report=print) -> lis
             phases,
             parent.adapter,
             attention + ffn,
-            store.path("hwprofiles"),
+            store.hwprofiles,
             spec.model.source,
             measure_missing=m is not None,
             report=report,
@@ -204,7 +204,7 @@ def _problem(spec: SearchSpec, store: JobStore, shape, frame, by_metric: dict, n
         ),
         joint_scores=joint_scores(store.dir, score) if spec.scoring.blocks == "joint" else None,
     )
-    path = write_library(problem, store.path("pareto", name), score=score)
+    path = write_library(problem, store.pareto_file(name), score=score)
     problem = read_library(path, score=score)
     rules = problem.restrict(spec.strategy.fix, [_forbidden(f) for f in spec.strategy.forbid])
     return rules, Workload(batch, prefill.batch * prefill.seq if prefill else 1)

@@ -356,10 +356,20 @@ class ExportSection(_Section):
 class RaySection(_Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
     num_cpus: int | None = Field(None, ge=1)
-    storage: str | None = Field(None, description="results root shared by the cluster")
+    storage: str | None = Field(
+        None,
+        description="results root shared by the cluster: a URI (s3://bucket/prefix, gs://...) "
+        "or a shared folder",
+    )
     latency_resource: str | None = Field(
         None,
         description='custom resource of the target-hardware nodes that measure latency, e.g. "hw:h100"',
+    )
+    gpus_per_task: float = Field(
+        0,
+        ge=0,
+        le=64,
+        description="GPUs each BLD task asks Ray for (fractions share a GPU); 0: CPU only",
     )
 
 

@@ -9,7 +9,6 @@ job holds its driver lease (``nas.driver``), so a job whose driver died reads ``
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -18,14 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from compress.atomic import atomic_write_json
-from nas.errors import JobError, NotFound, RecordCorrupt
+from nas.errors import JobError, NotFound
+from nas.layout import INTERMEDIATES, MANIFEST, JobLayout, read_json_record  # noqa: F401
+from nas.storage import Remote, is_uri, mirror_dir, pull_tree, push_files, push_tree
 
 # letters, digits, '_' and '-', with single dots between them (no '..', no trailing dot)
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
 JOB_ID_MAX = 128
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 DEFAULT_RESULTS = Path("results")
-CREATED_MARKER = ".created"  # made with O_EXCL: exactly one creator of a job id succeeds
 
 
 def validate_job_id(job_id: str) -> str:
@@ -38,31 +38,26 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
-def read_json_record(path: Path, what: str) -> object:
-    """The JSON in ``path``; ``RecordCorrupt`` (one line naming ``what``) when it is unreadable."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
-        raise RecordCorrupt(
-            f"{what} ({path}) is truncated or corrupt: {reason}; restore it or remove the job"
-        ) from None
-
-
 def new_job_id(name: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return validate_job_id(f"{name}-{stamp}-{secrets.token_hex(2)}")
 
 
-class JobStore:
-    """One job's folder. Construct with ``create`` (new job) or ``open`` (existing job)."""
+class JobStore(JobLayout):
+    """One job's folder (paths and readers from ``JobLayout``) and its writes. Construct with
+    ``create`` (new job) or ``open`` (existing job)."""
 
-    def __init__(self, root: Path, job_id: str):
-        self.root = Path(root)
-        self.job_id = validate_job_id(job_id)
-        self.dir = self.root / job_id
+    def __init__(self, root: str | Path, job_id: str):
+        validate_job_id(job_id)
+        self.remote: Remote | None = None
+        self._pushed: dict = {}  # relative path -> (size, mtime) last sent to the remote
+        if is_uri(root):  # object storage: work in a private local mirror (nas.storage)
+            self.root = str(root).rstrip("/")
+            self.remote = Remote(f"{self.root}/{job_id}")
+            super().__init__(mirror_dir(job_id), job_id)
+        else:
+            self.root = Path(root)
+            super().__init__(self.root / job_id, job_id)
 
     @classmethod
     def create(
@@ -77,22 +72,22 @@ class JobStore:
         of several concurrent creators of one id exactly one succeeds)."""
         from nas.errors import JobBusy
 
-        store = cls(Path(root), job_id)
+        store = cls(root, job_id)
         taken = JobBusy(
             f"job {job_id} already exists in {store.root}; resume it or pick another id"
         )
-        if (store.dir / "manifest.json").exists():
+        if store.manifest_path.exists() or (store.remote and store.remote.exists(MANIFEST)):
             raise taken
         store.dir.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(store.dir / CREATED_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.close(os.open(store.created_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             raise taken from None
-        if (store.dir / "manifest.json").exists():  # a job made before markers existed
+        if store.manifest_path.exists():  # a job made before markers existed
             raise taken
         now = time.time()
         atomic_write_json(
-            store.dir / "manifest.json",
+            store.manifest_path,
             {
                 "job_id": job_id,
                 "spec": spec,
@@ -103,72 +98,75 @@ class JobStore:
                 "updated": now,
             },
         )
+        store.push()
         return store
 
     @classmethod
-    def open(cls, root: str | Path, job_id: str) -> JobStore:
-        store = cls(Path(root), job_id)
-        if not (store.dir / "manifest.json").is_file():
+    def open(cls, root: str | Path, job_id: str, pull: str = "results") -> JobStore:
+        """An existing job (``NotFound`` otherwise). On object storage its files are pulled
+        into the mirror: ``pull="all"`` (a driver resuming it), ``"results"`` (all but the
+        intermediates ``nas clean`` removes), ``"records"`` (the JSON and CSV records) or
+        ``"manifest"`` (the manifest and the driver's record)."""
+        store = cls(root, job_id)
+        if store.remote is not None:
+            if not store.remote.exists(MANIFEST):
+                raise NotFound(f"no job {job_id} in {store.root}")
+            store.pull(pull)
+        if not store.manifest_path.is_file():
             raise NotFound(f"no job {job_id} in {store.root}")
         return store
 
-    # --- manifest --------------------------------------------------------------------------
-    def manifest(self) -> dict:
-        """The manifest; ``RecordCorrupt`` when it is truncated or not a job manifest."""
-        path = self.dir / "manifest.json"
-        try:
-            manifest = read_json_record(path, f"the manifest of job {self.job_id}")
-        except FileNotFoundError:
-            raise NotFound(f"no job {self.job_id} in {self.root}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages_done", []), list):
-            raise RecordCorrupt(
-                f"the manifest of job {self.job_id} ({path}) is not a job manifest; "
-                "restore it or remove the job"
-            )
-        return manifest
+    # --- object storage ---------------------------------------------------------------------
+    def location(self, path: Path) -> str:
+        """What a Ray task is given for ``path`` inside the job: a URI for a job on object
+        storage (the task reads it with ``nas.storage.fetch``), else the local path."""
+        if self.remote is None:
+            return str(path)
+        rel = Path(path).relative_to(self.dir).as_posix()
+        return self.remote.url("" if rel == "." else rel)
 
-    def spec(self):
-        """The job's resolved ``SearchSpec``; ``RecordCorrupt`` when the manifest's is invalid."""
-        from pydantic import ValidationError
+    def push(self) -> int:
+        """Send what changed locally to the object store (no-op for a local job)."""
+        if self.remote is None:
+            return 0
+        return push_tree(self.dir, self.remote, self._pushed)
 
-        from nas.spec import SearchSpec
+    def pull_folder(self, folder: Path) -> int:
+        """Copy what the store holds under ``folder`` (inside the job) into the mirror, e.g.
+        what Ray tasks wrote there; 0 for a local job."""
+        if self.remote is None:
+            return 0
+        prefix = Path(folder).relative_to(self.dir).as_posix() + "/"
+        return pull_tree(self.remote, self.dir, self._pushed, lambda rel: rel.startswith(prefix))
 
-        try:
-            return SearchSpec.model_validate(self.manifest()["spec"])
-        except (KeyError, ValidationError) as exc:
-            first = str(exc).splitlines()[0][:200]
-            raise RecordCorrupt(
-                f"the manifest of job {self.job_id} has no valid spec ({first}); "
-                "restore it or remove the job"
-            ) from None
+    def pull(self, what: str = "results") -> int:
+        """Copy the job's objects into the mirror (see ``open``); 0 for a local job."""
+        if self.remote is None:
+            return 0
+        intermediates = tuple("/".join(p) + "/" for p in INTERMEDIATES)
+        keep = {
+            "all": lambda rel: True,
+            "results": lambda rel: not rel.startswith(intermediates),
+            "records": lambda rel: rel.endswith((".json", ".csv")),
+            "manifest": lambda rel: rel in (MANIFEST, self.driver_record.name),
+        }[what]
+        return pull_tree(self.remote, self.dir, self._pushed, keep)
 
+    # --- manifest ---------------------------------------------------------------------------
     def update_manifest(self, **fields) -> dict:
         manifest = self.manifest()
         manifest.update(fields, updated=time.time())
-        atomic_write_json(self.dir / "manifest.json", manifest)
+        atomic_write_json(self.manifest_path, manifest)
+        if self.remote is not None:  # the manifest, and the driver's heartbeat with it
+            push_files(self.dir, self.remote, self._pushed, [self.driver_record.name, MANIFEST])
         return manifest
 
     # --- stages ----------------------------------------------------------------------------
-    def stage_path(self, stage: str) -> Path:
-        return self.dir / "stages" / f"{stage}.json"
-
-    def stage_done(self, stage: str) -> bool:
-        return self.stage_path(stage).exists()
-
-    def read_stage(self, stage: str) -> dict:
-        path = self.stage_path(stage)
-        try:
-            record = read_json_record(path, f"the {stage} record of job {self.job_id}")
-        except FileNotFoundError:
-            raise JobError(f"job {self.job_id} has no finished stage {stage!r}") from None
-        if not isinstance(record, dict):
-            raise RecordCorrupt(
-                f"the {stage} record of job {self.job_id} ({path}) is not a mapping"
-            )
-        return record
-
     def write_stage(self, stage: str, record: dict) -> None:
+        """Record ``stage`` as done: its record, then (object storage) every file it wrote
+        and the record go up, then the manifest naming it."""
         atomic_write_json(self.stage_path(stage), record)
+        self.push()
         manifest = self.manifest()
         done = [s for s in manifest.get("stages_done", []) if s != stage] + [stage]
         self.update_manifest(stages_done=done)
@@ -179,9 +177,6 @@ class JobStore:
         progress = dict(manifest.get("progress", {}))
         progress[stage] = {"done": int(done), "total": int(total)}
         self.update_manifest(current_stage=stage, progress=progress)
-
-    def path(self, *parts: str) -> Path:
-        return self.dir.joinpath(*parts)
 
 
 def job_state(store: JobStore, manifest: dict) -> str:
@@ -198,10 +193,14 @@ def list_jobs(root: str | Path = DEFAULT_RESULTS) -> list[dict]:
     """Summaries of every job under ``root``, newest first; a job whose manifest cannot be
     read is listed with state ``corrupt`` (never hidden)."""
     rows = []
-    for manifest_path in sorted(Path(root).glob("*/manifest.json")):
-        name = manifest_path.parent.name
+    if is_uri(root):
+        names = [n for n in Remote(str(root)).children() if not n.startswith(".")]
+    else:
+        names = [p.parent.name for p in sorted(Path(root).glob(f"*/{MANIFEST}"))]
+    for name in names:
         try:
-            store = JobStore(Path(root), name)
+            store = JobStore.open(root, name, pull="manifest") if is_uri(root) else None
+            store = store or JobStore(Path(root), name)
             m = store.manifest()
             row = {
                 "job_id": name,

@@ -54,7 +54,7 @@ def stage_students(
         eval_tokens = eval_tokens[: max(1, spec.export.eval_tokens // prepared.splits.seq_len)]
     front = read_front(store.dir)
     exported: dict = {}
-    parent_file = store.path("students", "parent.json")
+    parent_file = store.parent_measured
     if latency_fn is not None and not parent_file.exists():
         lat = latency_fn(parent.adapter)
         # the parent against itself: one pass per batch, KL exactly 0
@@ -69,8 +69,7 @@ def stage_students(
         _record_parent(store, json.loads(parent_file.read_text()))
     for i, point in enumerate(track(front.to_dict("records"), "[students] points")):
         pid = point["point_id"]
-        folder = store.path("students", pid)
-        marker = folder / "measured.json"
+        folder, marker = store.student(pid), store.measured(pid)
         if marker.exists():
             exported[pid] = json.loads(marker.read_text()).get("formats", [])
             continue

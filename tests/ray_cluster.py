@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +35,19 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, worker_cpus: int = 1, head_cpus: int = 1):
+    """``env``: extra variables for both nodes; ``worker_env``/``worker_cwd``: the worker
+    node's own (e.g. a private folder, so its tasks share nothing on disk with the head's)."""
+
+    def __init__(
+        self,
+        worker_cpus: int = 1,
+        head_cpus: int = 1,
+        env: dict | None = None,
+        worker_env: dict | None = None,
+        worker_cwd: Path | None = None,
+    ):
         self.temp = Path(tempfile.mkdtemp(prefix="nr", dir="/tmp"))
+        self.extra_env, self.worker_env, self.worker_cwd = env or {}, worker_env or {}, worker_cwd
         self.gcs_port, self.dash_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dash_port}"
         self.procs: list[subprocess.Popen] = []
@@ -57,7 +69,7 @@ class LocalCluster:
         ]
 
     def _start_nodes(self, head_cpus: int, worker_cpus: int) -> None:
-        env = clean_env()
+        env = {**clean_env(), **self.extra_env}
         self._start(
             [
                 "--head",
@@ -73,19 +85,27 @@ class LocalCluster:
         )
         self._wait_dashboard()
         self._start(
-            [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={worker_cpus}", *self._node_ports()],
-            env,
+            [
+                f"--address=127.0.0.1:{self.gcs_port}",
+                f"--num-cpus={worker_cpus}",
+                *self._node_ports(),
+            ],
+            {**env, **self.worker_env},
+            cwd=self.worker_cwd,
         )
         self._wait_nodes(2)
 
-    def _start(self, args: list[str], env: dict) -> None:
+    def _start(self, args: list[str], env: dict, cwd: Path | None = None) -> None:
         log = open(self.temp / f"node{len(self.procs)}.log", "wb")
         self.procs.append(
             subprocess.Popen(
-                ["ray", "start", "--block", "--node-ip-address=127.0.0.1", *args],
+                # this interpreter's Ray (its workers then see this environment's packages)
+                [sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
+                + ["--node-ip-address=127.0.0.1", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=cwd,
                 start_new_session=True,
             )
         )
@@ -126,6 +146,11 @@ class LocalCluster:
             if str(self.temp) in env or f":{self.gcs_port}" in env:
                 pids.append(int(pid))
         return pids
+
+    @property
+    def worker_node(self) -> subprocess.Popen:
+        """The worker node's ``ray start --block`` (its raylet and workers share its group)."""
+        return self.procs[1]
 
     def stop(self) -> None:
         for proc in self.procs:

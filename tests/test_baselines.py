@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from compress.variants import VariantSpec
+from nas.layout import JobLayout
 from tests.synthetic import llama_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_domination_picks_the_best_front_point_no_slower():
 def test_unfinished_or_missing_job_is_a_one_line_error(tmp_path, capsys):
     assert bl.main(["--job", "nosuch", "--results", str(tmp_path)]) == 2
     (tmp_path / "j1").mkdir()
-    (tmp_path / "j1" / "manifest.json").write_text(json.dumps({"job_id": "j1", "state": "failed"}))
+    JobLayout(tmp_path / "j1").manifest_path.write_text(json.dumps({"job_id": "j1", "state": "failed"}))
     assert bl.main(["--job", "j1", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not finished" in err[1]

@@ -14,6 +14,7 @@ from compress.capture import Activations, CaptureError, capture, read_meta
 from compress.evaluate import lm_loss
 from compress.library import load_variant, read_records, variant_paths
 from compress.variants import VariantSpec
+from nas.layout import JobLayout
 from tests.conftest import TINY_SPEC, need_shared_data
 
 HALF = VariantSpec("ffn", "width", 86)  # 50 % of stories260K's 172
@@ -149,7 +150,7 @@ def bld_job(tmp_path_factory, stories_parent):
     first = stage_bld(spec, store, prepared, captured, silent, limit=9)
     assert not first.complete and first.trained == 9 and first.total == 35
     assert not store.stage_done("bld")
-    library = store.path("library")
+    library = store.library
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in library.iterdir()}
     resumed = stage_bld(spec, store, prepared, captured, silent)
     return store, prepared, resumed, before
@@ -160,7 +161,7 @@ def test_resume_trains_only_the_missing_variants(bld_job):
     store, _, resumed, before = bld_job
     assert len(before) == 2 * 9  # 9 finished variants, weights + record each, no temporaries
     assert resumed.complete and resumed.skipped == 9 and resumed.trained == 35 - 9
-    library = store.path("library")
+    library = store.library
     for name, (data, mtime) in before.items():
         path = library / name
         assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, name
@@ -174,7 +175,7 @@ def test_resume_trains_only_the_missing_variants(bld_job):
 def test_every_trained_variant_improves_on_its_initialisation(bld_job):
     """Acceptance 1."""
     store, *_ = bld_job
-    records = read_records(store.path("library"))
+    records = read_records(store.library)
     assert len(records) == 35
     worse = [
         (r["layer"], r["variant"], r["nmse_init"], r["nmse_final"])
@@ -188,8 +189,8 @@ def test_trained_half_ffn_beats_untrained_end_to_end(bld_job):
     """Acceptance 4: swapping a trained FFN-50 % into the parent, in every layer, on the eval split."""
     store, prepared, _, _ = bld_job
     adapter, splits = prepared.parent.adapter, prepared.splits
-    train = Activations(store.path("activations", "train"))
-    library = store.path("library")
+    train = Activations(store.activations_train)
+    library = store.library
     for layer in range(adapter.num_layers):
         untrained = build_variant(HALF, adapter.ffn(layer), init_data(train, layer, "ffn", 2048))
         trained = load_variant(library, layer, HALF, adapter)
@@ -216,7 +217,7 @@ def test_library_frame_has_one_row_per_layer_and_variant(bld_job):
     assert (parent_rows.params == 3 * 64 * 172 + 64).all() and not parent_rows.trained.any()
     assert (frame[frame.variant == "attention:noop"].params == 0).all()
     assert frame[["kl", "lm_loss", "top1"]].isna().all().all()  # filled by the scoring stage
-    weights, _ = variant_paths(store.path("library"), 0, HALF)
+    weights, _ = variant_paths(store.library, 0, HALF)
     assert weights.is_file()
 
 
@@ -250,7 +251,7 @@ def test_killed_run_resumes_from_the_cli(tmp_path):
         run.wait()
     time.sleep(1.0)  # let Ray's own processes notice their driver is gone
     # the manifest still says "running", but the driver is gone: status and jobs say so
-    manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    manifest = JobLayout(tmp_path / "killed").manifest()
     assert manifest["state"] == "running"
     earlier_times = manifest["stage_seconds"]
     assert {"baseline", "capture"} <= set(earlier_times), earlier_times
@@ -284,7 +285,7 @@ def test_killed_run_resumes_from_the_cli(tmp_path):
     from nas.pareto import read_alternates, read_front
 
     job = tmp_path / "killed"
-    manifest = json.loads((job / "manifest.json").read_text())
+    manifest = JobLayout(job).manifest()
     assert manifest["state"] == "finished" and "rerank" in manifest["stage_seconds"]
     for stage, seconds in earlier_times.items():  # times of stages done before are kept
         assert manifest["stage_seconds"][stage] == seconds, (stage, manifest["stage_seconds"])
@@ -297,7 +298,7 @@ def test_killed_run_resumes_from_the_cli(tmp_path):
         timeout=300,
     )
     assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout + again.stderr
-    assert json.loads((job / "manifest.json").read_text()) == manifest
+    assert JobLayout(job).manifest() == manifest
     alternates = read_alternates(job)
     measured = {p.stem: json.loads(p.read_text())["kl"] for p in (job / "rerank").glob("*.json")}
     assert set(measured) == set(alternates["point_id"])

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from nas.layout import JobLayout
 from tests.conftest import ROOT, TINY_SPEC, need_shared_data
 from tests.ray_cluster import LocalCluster, clean_env
 
@@ -45,7 +46,7 @@ def test_submit_wait_and_read_front(cluster, tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.splitlines()[0] == "clus1"
-    manifest = json.loads((tmp_path / "clus1" / "manifest.json").read_text())
+    manifest = JobLayout(tmp_path / "clus1").manifest()
     assert manifest["state"] == "finished"
     status = nas("status", "clus1", "--results", tmp_path, "--address", cluster.address)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout

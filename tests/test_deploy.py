@@ -174,7 +174,7 @@ def test_nas_export_parent_reuses_the_jobs_export_and_clean(stories_parent, tmp_
     }
     parity = json.loads((first / "parity.json").read_text())
     assert parity["genai"]["greedy_equal"] and parity["greedy_equal"]
-    held = store.path("students", "parent", "onnx")
+    held = store.export("parent", "onnx")
     again = export_point("job1", "parent", "onnx", tmp_path / "again", results=store.root)
     assert again["reused"] == "linked" and again["genai"]["greedy_equal"]
     assert os.path.samefile(held / "model.onnx", tmp_path / "again" / "model.onnx")
@@ -185,13 +185,13 @@ def test_nas_export_parent_reuses_the_jobs_export_and_clean(stories_parent, tmp_
     assert refused.returncode == 2 and "not finished" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     store.update_manifest(state="finished")
-    store.path("activations", "train").mkdir(parents=True)
-    store.path("activations", "train", "L000.safetensors").write_bytes(b"\0" * 2**20)
+    store.activations_train.mkdir(parents=True)
+    (store.activations_train / "L000.safetensors").write_bytes(b"\0" * 2**20)
     cleaned = clean("job1", results=store.root)
     assert cleaned["removed"] == ["activations"] and cleaned["bytes_freed"] >= 2**20
     assert store.manifest()["cleaned"]["bytes_after"] == cleaned["bytes_after"]
-    assert not store.path("activations").exists()
-    assert (held / "model.onnx").is_file() and store.path("library").is_dir()
+    assert not store.activations_train.parent.exists()
+    assert (held / "model.onnx").is_file() and store.library.is_dir()
 
 
 def test_uniformly_narrowed_student_is_a_plain_llama_folder(stories_parent, tmp_path):

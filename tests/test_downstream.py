@@ -9,7 +9,6 @@ import torch
 from nas import api
 from nas.downstream import EvalError, local_tasks
 from nas.errors import JobError
-from nas.export import read_front
 from tests.test_export import CHOICES, _job, nas
 
 pytest.importorskip("lm_eval")
@@ -23,12 +22,12 @@ def evaluated(stories_parent, tmp_path_factory):
     """A hand-built job whose front has a real student (p0) and a student that keeps every
     parent block (pp), both evaluated with the parent on the local task."""
     store = _job(tmp_path_factory.mktemp("results"), stories_parent)
-    points = json.loads(store.path("pareto", "front.json").read_text())
+    points = json.loads(store.front.read_text())
     same = dict(points[0], point_id="pp", choices=PARENT_CHOICES, predicted_kl=0.0)
     points = [dict(p, params=1.0, memory_mib=1.0) for p in (*points, same)]
-    store.path("pareto", "front.json").write_text(json.dumps(points))
+    store.front.write_text(json.dumps(points))
     meta = {"primary_metric": "params", "primary_column": "params", "parent": {"params": 1.0}}
-    store.path("pareto", "meta.json").write_text(json.dumps(meta))
+    store.front_meta.write_text(json.dumps(meta))
     lines = []
     records = api.evaluate(
         "job1", ["parent", "p0", "pp"], ["nas_next_word"], LIMIT, store.root, report=lines.append
@@ -53,7 +52,7 @@ def test_parent_and_students_get_accuracies(evaluated):
     assert records["p0"]["tasks"]["nas_next_word"] != records["parent"]["tasks"]["nas_next_word"]
     assert any(line.startswith("[eval] p0: nas_next_word acc ") for line in lines)
     for point in ("parent", "p0", "pp"):
-        stored = json.loads(store.path("eval", f"{point}.json").read_text())
+        stored = json.loads(store.eval_record(point).read_text())
         assert stored["columns"]["eval_nas_next_word_acc"] == acc[point]
 
 
@@ -67,7 +66,7 @@ def test_pareto_joins_the_accuracies(evaluated, tmp_path):
         parent["eval_nas_next_word_acc"] == records["parent"]["columns"]["eval_nas_next_word_acc"]
     )
     # joined, not written into the front
-    assert "eval_nas_next_word_acc" not in read_front(store)[0]
+    assert "eval_nas_next_word_acc" not in store.front_records()[0]
     page = api.plot_pareto("job1", tmp_path / "front.html", store.root).read_text()
     assert "lm-eval nas_next_word_acc (accuracy)" in page  # a panel per accuracy column
 

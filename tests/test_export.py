@@ -21,7 +21,7 @@ from compress.student import assemble_student, library_loader, load_student
 from compress.variants import VariantSpec
 from nas.api import export_point
 from nas.errors import JobError
-from nas.export import read_front, write_measured
+from nas.export import write_measured
 from nas.spec import parse_spec
 from nas.store import JobStore
 from tests.conftest import ROOT, STORIES, TINYSTORIES
@@ -125,8 +125,8 @@ def test_measure_point_and_write_measured(exported, stories_parent, tiny_splits,
     job = _job(tmp_path, stories_parent)
     record = write_measured(job.dir, "p0", measured)
     assert record["measured_kl"] == measured["measured_kl"]
-    assert read_front(job)[0]["measured_latency_ms"] == measured["measured_latency_ms"]
-    with open(job.path("pareto", "front.csv"), newline="") as fh:
+    assert job.front_records()[0]["measured_latency_ms"] == measured["measured_latency_ms"]
+    with open(job.pareto_file("front.csv"), newline="") as fh:
         row = next(csv.DictReader(fh))
     assert float(row["measured_kl"]) == pytest.approx(measured["measured_kl"])
 
@@ -153,14 +153,14 @@ def _job(root, stories_parent, exporter: str = "dynamo") -> JobStore:
             spec_v = VariantSpec.parse(text)
             if spec_v.trainable:
                 module = build_variant(spec_v, parent.subblock(layer, spec_v.kind))
-                save_variant(store.path("library"), layer, spec_v, module, {"nmse_final": 0.1})
+                save_variant(store.library, layer, spec_v, module, {"nmse_final": 0.1})
     point = {"point_id": "p0", "strategy": "puzzle-mip", "choices": CHOICES, "predicted_kl": 0.4}
     for key in ("measured_latency_ms", "measured_kl", "measured_lm_loss", "measured_perplexity"):
         point[key] = None
-    store.path("pareto").mkdir(parents=True, exist_ok=True)
-    store.path("pareto", "front.json").write_text(json.dumps([point]))
-    store.path("pareto", "meta.json").write_text("{}")
-    with open(store.path("pareto", "front.csv"), "w", newline="") as fh:
+    store.pareto.mkdir(parents=True, exist_ok=True)
+    store.front.write_text(json.dumps([point]))
+    store.front_meta.write_text("{}")
+    with open(store.pareto_file("front.csv"), "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(point))
         writer.writeheader()
         writer.writerow({**point, "choices": json.dumps(CHOICES)})
@@ -186,7 +186,7 @@ def test_nas_export_hf_and_one_line_errors(stories_parent, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     loaded = load_student(out)
     parent = stories_parent.adapter
-    reference = assemble_student(parent, CHOICES, library_loader(store.path("library"), parent))
+    reference = assemble_student(parent, CHOICES, library_loader(store.library, parent))
     ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(loaded.model(ids), reference(ids))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import time
 import psutil
 import yaml
 
+from nas.layout import JobLayout
 from tests.conftest import ROOT, TINY_SPEC, need_shared_data
 
 
@@ -82,7 +82,7 @@ def test_killed_ray_worker_during_bld_is_retried(tmp_path):
             os.killpg(run.pid, signal.SIGKILL)
     assert killed is not None, "never saw a BLD task running to kill"
     assert run.returncode == 0, out.decode()[-3000:]
-    manifest = json.loads((results / "lost" / "manifest.json").read_text())
+    manifest = JobLayout(results / "lost").manifest()
     assert "bld" in manifest["stages_done"]
     library = results / "lost" / "library"
     records = list(library.glob("L*.json"))

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from nas import api
+from nas.layout import JobLayout
 from nas.pareto import (
     CandidatePoint,
     Target,
@@ -181,7 +182,7 @@ def test_measurements_are_recorded(job, tmp_path):
     row = frame[frame["point_id"] == pid].iloc[0]
     assert row["measured_latency_ms"] == 1.5 and row["measured_kl"] == 0.25
     assert pd.isna(frame[frame["point_id"] != pid]["measured_kl"]).all()
-    csv = pd.read_csv(copy.dir / "pareto" / "front.csv")
+    csv = pd.read_csv(JobLayout(copy.dir).pareto_file("front.csv"))
     assert csv.loc[csv["point_id"] == pid, "measured_kl"].iloc[0] == 0.25
 
 

@@ -133,7 +133,7 @@ def _job(tmp_path, stories_parent, tiny_splits):
                 outputs = a if spec_v.kind == "attention" else adapter.ffn(layer)(inputs)
             init = InitData(inputs.reshape(-1, 64), outputs.reshape(-1, 64))
             module = build_variant(spec_v, adapter.subblock(layer, spec_v.kind), init)
-            save_variant(store.path("library"), layer, spec_v, module, {"nmse_final": 0.1})
+            save_variant(store.library, layer, spec_v, module, {"nmse_final": 0.1})
     prepared = Prepared(stories_parent, tiny_splits, Baseline(0.0, 1.0, 0, 0.0))
     library = BLDResult(store.path("library"), 2 * adapter.num_layers, 0, 0, True, 0.0)
     return spec, store, prepared, library
@@ -160,7 +160,7 @@ def test_scoring_stage_on_ray_fills_the_library_and_resumes(stories_parent, tiny
         from compress.library import load_variant
 
         adapter = stories_parent.adapter
-        module = load_variant(store.path("library"), 3, VariantSpec.parse("ffn:width=86"), adapter)
+        module = load_variant(store.library, 3, VariantSpec.parse("ffn:width=86"), adapter)
         cache = ActivationCache.build(adapter, tiny_splits.eval[:8])
         direct = score_replacement(adapter, cache, 3, "ffn", module)
         assert by_key[(3, "ffn:width=86")]["kl"] == pytest.approx(direct.kl, rel=1e-5)
@@ -173,9 +173,9 @@ def test_scoring_stage_on_ray_fills_the_library_and_resumes(stories_parent, tiny
         assert not store.stage_done("scoring")
         store.write_stage("bld", {"variants": 10})
         # resume: only the missing score is computed, the others are untouched
-        gone = store.path("scores", score_file_name(2, VariantSpec.parse("attention:kv_heads=2")))
+        gone = store.scores.joinpath(score_file_name(2, VariantSpec.parse("attention:kv_heads=2")))
         gone.unlink()
-        stamps = {p: p.stat().st_mtime_ns for p in store.path("scores").glob("L*.json")}
+        stamps = {p: p.stat().st_mtime_ns for p in store.scores.glob("L*.json")}
         again = stage_scoring(spec, store, prepared, library, report=lambda m: None)
         assert again.computed == 1 and again.scored == 30 and gone.exists()
         assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from nas.layout import JobLayout
 from tests.conftest import ROOT
 from tests.service_helpers import (
     TOKEN,
@@ -73,16 +74,16 @@ def _damage(results: Path) -> None:
     """Three damaged copies of svc-b: truncated manifest, truncated front, invalid spec."""
     for name in ("bad-manifest", "bad-front", "bad-spec"):
         shutil.copytree(results / "svc-b", results / name)
-        manifest = json.loads((results / name / "manifest.json").read_text())
+        manifest = JobLayout(results / name).manifest()
         manifest["job_id"] = name
-        (results / name / "manifest.json").write_text(json.dumps(manifest))
-    text = (results / "bad-manifest" / "manifest.json").read_text()
-    (results / "bad-manifest" / "manifest.json").write_text(text[: len(text) // 2])
-    front = results / "bad-front" / "pareto" / "front.json"
+        JobLayout(results / name).manifest_path.write_text(json.dumps(manifest))
+    text = JobLayout(results / "bad-manifest").manifest_path.read_text()
+    JobLayout(results / "bad-manifest").manifest_path.write_text(text[: len(text) // 2])
+    front = JobLayout(results / "bad-front").front
     front.write_text(front.read_text()[:100])
-    manifest = json.loads((results / "bad-spec" / "manifest.json").read_text())
+    manifest = JobLayout(results / "bad-spec").manifest()
     manifest["spec"]["bld"]["tokens"] = "lots"
-    (results / "bad-spec" / "manifest.json").write_text(json.dumps(manifest))
+    JobLayout(results / "bad-spec").manifest_path.write_text(json.dumps(manifest))
 
 
 def _spec(**sections) -> dict:
@@ -152,7 +153,7 @@ def _nas(e, *args) -> tuple[int, str]:
 
 
 def _point(e) -> str:
-    return json.loads((e["results"] / "svc-a" / "pareto" / "front.json").read_text())[0]["point_id"]
+    return json.loads((JobLayout(e["results"] / "svc-a").front).read_text())[0]["point_id"]
 
 
 def _same_message_for_missing_and_existing(e) -> tuple[int, str]:

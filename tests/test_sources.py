@@ -22,6 +22,7 @@ from compress.sources import (
     source_documents,
 )
 from nas.errors import SpecError
+from nas.layout import JobLayout
 from nas.spec import BUILTIN_DATA, load_spec, parse_spec
 from tests.conftest import QUICKSTART_SPEC, ROOT, STORIES, TINY_SPEC, TINYSTORIES, need_shared_data
 
@@ -216,7 +217,7 @@ def test_run_measures_every_point_and_the_parent_on_each_eval_set(tmp_path, json
     out = _nas("run", spec, "--job-id", "mix", "--results", tmp_path / "r", cache=tmp_path / "c")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ppl@held" in out.stdout and "calibration eval split (files:" in out.stdout
-    manifest = json.loads((tmp_path / "r" / "mix" / "manifest.json").read_text())
+    manifest = JobLayout(tmp_path / "r" / "mix").manifest()
     assert [c["train_tokens"] for c in manifest["data_sources"]] == [2048, 1024, 1024]
     assert [c["eval_tokens"] for c in manifest["data_sources"]] == [512, 256, 256]
     rows = json.loads(_nas("pareto", "mix", "--results", tmp_path / "r", "--format", "json").stdout)

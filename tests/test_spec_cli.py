@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from nas.errors import JobError, SpecError
+from nas.layout import JobLayout
 from nas.spec import load_spec, parse_spec
 from nas.store import JobStore, validate_job_id
 from tests.conftest import QUICKSTART_SPEC, ROOT, TINY_SPEC, need_shared_data
@@ -81,7 +82,7 @@ def test_run_tiny_writes_manifest_and_baseline(tmp_path):
     need_shared_data()
     out = nas("run", TINY_SPEC, "--job-id", "base1", "--results", tmp_path, "--until", "baseline")
     assert out.returncode == 0, out.stderr
-    manifest = json.loads((tmp_path / "base1" / "manifest.json").read_text())
+    manifest = JobLayout(tmp_path / "base1").manifest()
     assert manifest["job_id"] == "base1" and "baseline" in manifest["stages_done"]
     baseline = json.loads((tmp_path / "base1" / "stages" / "baseline.json").read_text())
     assert baseline["tokens"] > 0 and 1.0 < baseline["loss"] < 3.0

@@ -37,6 +37,7 @@ from compress.atomic import atomic_write, atomic_write_json
 from compress.errors import UserError
 from nas import api
 from nas.errors import JobBusy, JobError, NotFound, RecordCorrupt
+from nas.layout import JobLayout
 from nas.selection.errors import FrontMissing, NoPointFits
 from nas.service.confine import (
     MAX_BODY_BYTES,
@@ -254,7 +255,7 @@ def create_app(
         return json.loads(frame.to_json(orient="records"))
 
     def export_dir(store: JobStore, point: str, fmt: str) -> Path:
-        return store.path("exports", point, fmt)
+        return store.service_export(point, fmt)
 
     def export_status(store: JobStore, point: str, fmt: str) -> ExportStatus:
         from nas.store import read_json_record
@@ -384,7 +385,7 @@ def create_app(
 
 def _job_task(results: Path, job_id: str) -> Task:
     cmd = [sys.executable, "-m", "nas.cli", "resume", job_id, "--results", str(results)]
-    return Task(job_id, cmd, results / job_id / "service.log")
+    return Task(job_id, cmd, JobLayout(results / job_id).service_log)
 
 
 def _requeue(results: Path, queue: Runner) -> None:
