@@ -63,8 +63,9 @@ class ExportError(UserError):
 
 
 def cached_layers(model: BlockModel) -> list[dict]:
-    """Per layer with a KV cache: ``{"layer", "cache", "kv_heads", "head_dim"}`` in layer
-    order (``cache``: the index in the graphs' ``past_key_values.{cache}`` names)."""
+    """Per layer with a KV cache: ``{"layer", "cache", "kv_heads", "head_dim", "max_cache"}``
+    in layer order (``cache``: the index in the graphs' ``past_key_values.{cache}`` names;
+    ``max_cache``: the most positions the module keeps in ``present``, None: all)."""
     out = []
     for i, layer in enumerate(model.layers):
         attn = layer.attention
@@ -75,6 +76,7 @@ def cached_layers(model: BlockModel) -> list[dict]:
                     "cache": len(out),
                     "kv_heads": attn.num_kv_heads,
                     "head_dim": attn.head_dim,
+                    "max_cache": attn.max_cache_tokens,
                 }
             )
     return out
