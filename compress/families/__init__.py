@@ -7,6 +7,7 @@ the empty module for loading, HF export metadata and recognising its modules in 
 
 from compress.families import (  # noqa: F401  (each import registers its family)
     attention_gqa,
+    attention_window,
     ffn_width,
     linear,
     noop,
