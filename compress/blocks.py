@@ -75,6 +75,7 @@ class GQAttention(nn.Module):
     """Grouped-query self-attention with its input norm (the parent's, or fewer KV heads)."""
 
     has_kv_cache = True
+    max_cache_tokens: int | None = None  # most tokens the cache keeps (None: all of them)
 
     def __init__(
         self,
@@ -101,6 +102,10 @@ class GQAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_cached(x, None, None)[0]
+
+    def cache_tokens(self, context: int) -> int:
+        """Tokens in the KV cache after ``context`` tokens (what a decode step is fed)."""
+        return context if self.max_cache_tokens is None else min(context, self.max_cache_tokens)
 
     def forward_cached(self, x, past_key=None, past_value=None):
         """x (B, S, H); past_key/value (B, kv_heads, P, head_dim) or None.

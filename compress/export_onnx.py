@@ -63,8 +63,9 @@ class ExportError(UserError):
 
 
 def cached_layers(model: BlockModel) -> list[dict]:
-    """Per layer with a KV cache: ``{"layer", "cache", "kv_heads", "head_dim"}`` in layer
-    order (``cache``: the index in the graphs' ``past_key_values.{cache}`` names)."""
+    """Per layer with a KV cache: ``{"layer", "cache", "kv_heads", "head_dim", "max_cache"}``
+    in layer order (``cache``: the index in the graphs' ``past_key_values.{cache}`` names;
+    ``max_cache``: the most positions the module keeps in ``present``, None: all)."""
     out = []
     for i, layer in enumerate(model.layers):
         attn = layer.attention
@@ -75,6 +76,7 @@ def cached_layers(model: BlockModel) -> list[dict]:
                     "cache": len(out),
                     "kv_heads": attn.num_kv_heads,
                     "head_dim": attn.head_dim,
+                    "max_cache": attn.max_cache_tokens,
                 }
             )
     return out
@@ -188,7 +190,7 @@ def export_onnx(
             "cache": layers,
             "inputs": ["input_ids", *cache_names(layers, "past_key_values")],
             "outputs": ["logits", *cache_names(layers, "present")],
-            "dynamic_axes": {"batch": "dim 0", "seq": "input_ids dim 1", "past": "cache dim 2"},
+            "dynamic_axes": {"batch": "dim 0", "seq": "input_ids dim 1", "past": "cache dim 2, per cache"},
             "exporter": exporter,
             "export_seconds": seconds,
             "torch": torch.__version__,
@@ -261,11 +263,11 @@ def _export(graph: nn.Module, args: tuple, path: Path, names, out_names, dynamic
 def _dims():
     from torch.export import Dim
 
-    return Dim("batch", min=1), Dim("seq", min=1), Dim("past", min=1)
+    return Dim("batch", min=1), Dim("seq", min=1)
 
 
 def _export_prefill(model: BlockModel, layers: list[dict], path: Path, opset, exporter) -> None:
-    batch, seq, _ = _dims()
+    batch, seq = _dims()
     ids = torch.zeros((2, 3), dtype=torch.long)
     _export(
         PrefillGraph(model),
@@ -280,7 +282,11 @@ def _export_prefill(model: BlockModel, layers: list[dict], path: Path, opset, ex
 
 
 def _export_decode(model: BlockModel, layers: list[dict], path: Path, opset, exporter) -> None:
-    batch, seq, past_len = _dims()
+    from torch.export import Dim
+
+    batch, seq = _dims()
+    # one past length per cache: a cache bounded by its module (``max_cache``) has its own
+    past_len = [Dim(f"past_{c['cache']}", min=1) for c in layers]
     ids = torch.zeros((2, 2), dtype=torch.long)
     dtype = model.embed_tokens.weight.dtype
     past = [
@@ -294,7 +300,7 @@ def _export_decode(model: BlockModel, layers: list[dict], path: Path, opset, exp
         path,
         ["input_ids", *cache_names(layers, "past_key_values")],
         ["logits", *cache_names(layers, "present")],
-        ({0: batch, 1: seq}, [{0: batch, 2: past_len} for _ in past]),
+        ({0: batch, 1: seq}, [{0: batch, 2: length} for length in past_len for _ in "kv"]),
         opset,
         exporter,
     )

@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from compress.builders import build_variant
 from compress.errors import UserError
@@ -45,7 +44,7 @@ from compress.latency_backends import (  # noqa: F401  (re-exported)
     stack_graph,
     whole_graph,
 )
-from compress.model import BlockModel, Layer
+from compress.model import BlockModel
 from compress.profile import (
     HardwareProfile,
     StudentCheck,
@@ -55,6 +54,7 @@ from compress.profile import (
     missing_variants,
     save_profile,
 )
+from compress.student import assemble_student
 from compress.variants import VariantSpec
 
 Report = Callable[[str], None]
@@ -104,9 +104,6 @@ def _variant_graph(parent_model: BlockModel, spec: VariantSpec, s: MeasureSettin
     shape = parent_model.shape
     spec.check(shape)
     sub = build_variant(spec, parent_model.subblock(0, spec.kind)).eval()
-    if spec.type == "linear":  # data-free linear is all zeros; give it ordinary values
-        with torch.no_grad():
-            sub.linear.weight.normal_(0, shape.hidden_size**-0.5, generator=_gen(2))
     return stack_graph(sub, s, shape, parent_model.norm.weight.dtype)
 
 
@@ -169,26 +166,9 @@ def measure_all(
 
 # --- whole students ---------------------------------------------------------------------------
 def assemble(parent_model: BlockModel, choices: list[list[str]]) -> BlockModel:
-    """A student sharing the parent's unchanged parameters, with ``BlockModel.replace`` for every
-    non-parent choice (data-free initialisation: fine for latency, not for quality)."""
-    layers = [Layer(layer.attention, layer.ffn) for layer in parent_model.layers]
-    student = BlockModel(
-        parent_model.shape,
-        parent_model.embed_tokens,
-        layers,
-        parent_model.norm,
-        parent_model.lm_head,
-    )
-    for i, pair in enumerate(choices):
-        for text in pair:
-            spec = VariantSpec.parse(text)
-            if not spec.is_parent:
-                module = build_variant(spec, parent_model.subblock(i, spec.kind))
-                if spec.type == "linear":  # data-free linear is all zeros: make it distinct
-                    with torch.no_grad():
-                        module.linear.weight.normal_(0, module.linear.weight.shape[0] ** -0.5)
-                student.replace(i, spec.kind, module)
-    return student.eval()
+    """A student sharing the parent's unchanged parameters, every other choice built data-free
+    (fine for latency, not for quality)."""
+    return assemble_student(parent_model, choices, share_parent=True).eval()
 
 
 def random_students(profile: HardwareProfile, count: int, seed: int) -> list[list[list[str]]]:

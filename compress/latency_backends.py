@@ -134,7 +134,7 @@ def _kv_inputs(subblocks, s: MeasureSettings, head_dim: int, dtype) -> dict[str,
     out = {}
     for i, sub in enumerate(subblocks):
         if s.phase == "decode" and getattr(sub, "has_kv_cache", False):
-            shape = (s.batch, sub.num_kv_heads, s.context, head_dim)
+            shape = (s.batch, sub.num_kv_heads, sub.cache_tokens(s.context), head_dim)
             out[f"past_key_{i}"] = torch.randn(shape, generator=gen).to(dtype)
             out[f"past_value_{i}"] = torch.randn(shape, generator=gen).to(dtype)
     return out

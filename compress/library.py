@@ -8,7 +8,6 @@ Parent and no-op variants need no file: ``load_variant`` rebuilds them from the 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compress.atomic import atomic_write, atomic_write_json
-from compress.blocks import NoopSubblock
 from compress.builders import build_variant
 from compress.errors import UserError
 from compress.variants import VariantSpec
@@ -64,15 +62,14 @@ def load_variant(
 ) -> nn.Module:
     """The module for ``spec`` at ``layer``, in the parent's dtype, ready to ``replace`` in.
 
-    ``parent`` -> a copy of the parent subblock; ``noop`` -> ``NoopSubblock``; anything else is
-    rebuilt from the parent (data-free, for the shapes) and loaded from its file.
+    Variants BLD does not train (``parent``, ``noop``) are built from the parent subblock;
+    anything else is rebuilt from the parent (data-free, for the shapes) and loaded from its
+    file.
     Raises ``LibraryError`` when the variant was not trained (yet).
     """
     parent = parent_adapter.subblock(layer, spec.kind)
-    if spec.type == "parent":
-        return copy.deepcopy(parent)
-    if spec.type == "noop":
-        return NoopSubblock()
+    if not spec.trainable:
+        return build_variant(spec, parent, None)
     weights, _ = variant_paths(library_dir, layer, spec)
     if not has_variant(library_dir, layer, spec):
         raise LibraryError(

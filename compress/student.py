@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from compress.atomic import atomic_write, atomic_write_json
-from compress.blocks import GatedFFN, GQAttention, LinearSubblock, NoopSubblock, RMSNorm, Rotary
+from compress.blocks import GatedFFN, GQAttention, RMSNorm
 from compress.errors import UserError
 from compress.model import BlockModel, Layer
 from compress.shape import ModelShape
@@ -98,26 +98,10 @@ class Architecture:
 
 def empty_subblock(spec: VariantSpec, arch: Architecture) -> nn.Module:
     """A freshly initialised module of the right shape for ``spec`` (weights to be loaded)."""
-    s = arch.shape
-    if spec.type == "noop":
-        return NoopSubblock()
-    if spec.type == "linear":
-        return LinearSubblock(s.hidden_size, arch.rms_norm_eps)
-    if spec.kind == "attention":
-        if arch.inv_freq is None:
-            raise StudentLoadError(f"{spec} needs rotary frequencies ({INV_FREQ_KEY})")
-        rotary = Rotary(arch.inv_freq, arch.attention_scaling)
-        return GQAttention(
-            s.hidden_size,
-            s.num_heads,
-            spec.kv_heads(s),
-            s.head_dim,
-            s.attention_bias,
-            rotary,
-            arch.rms_norm_eps,
-        )
-    width = s.intermediate_size if spec.type == "parent" else spec.value
-    return GatedFFN(s.hidden_size, width, arch.hidden_act, arch.rms_norm_eps)
+    try:
+        return spec.family.empty(spec, arch)
+    except ValueError as exc:
+        raise StudentLoadError(f"{spec}: {exc}") from None
 
 
 def expected_shapes(spec: VariantSpec, arch: Architecture) -> dict[str, tuple[int, ...]]:
@@ -162,26 +146,35 @@ def library_loader(library_dir: str | os.PathLike, parent: BlockModel) -> LoadMo
 
 
 def assemble_student(
-    parent: BlockModel, choices: Sequence, load_module: LoadModule | None = None
+    parent: BlockModel,
+    choices: Sequence,
+    load_module: LoadModule | None = None,
+    share_parent: bool = False,
 ) -> BlockModel:
     """A new ``BlockModel`` with layer ``i``'s attention and FFN from ``load_module(i, spec)``.
 
     ``choices``: per layer ``(attention, ffn)`` specs or canonical strings. ``load_module``
     defaults to ``data_free_loader(parent)``. Embeddings, final norm and LM head are copied
     from the parent (tied embeddings stay tied); a returned module that shares a tensor with
-    the parent is copied too, so the student never aliases the parent. Raises
-    ``StudentConfigError`` when a module's parameter shapes do not match its spec.
+    the parent is copied too, so the student never aliases the parent. ``share_parent``
+    instead reuses the parent's embeddings, norm, head and its own module for every
+    ``parent`` choice (no copies: for timing or probing an untrained candidate; never train
+    it). Raises ``StudentConfigError`` when a module's parameter shapes do not match its spec.
     """
     specs = normalize_choices(choices, parent.shape)
     load_module = load_module or data_free_loader(parent)
     arch = architecture_of(parent)
-    parent_ptrs = {t.data_ptr() for t in parent.state_dict().values()}
+    parent_ptrs = set() if share_parent else {t.data_ptr() for t in parent.state_dict().values()}
     dtype = parent.embed_tokens.weight.dtype
-    embed, norm, lm_head = copy.deepcopy([parent.embed_tokens, parent.norm, parent.lm_head])
+    outer = [parent.embed_tokens, parent.norm, parent.lm_head]
+    embed, norm, lm_head = outer if share_parent else copy.deepcopy(outer)
     layers = []
     for index, pair in enumerate(specs):
         modules = []
         for spec in pair:
+            if share_parent and spec.is_parent:
+                modules.append(parent.subblock(index, spec.kind))
+                continue
             module = load_module(index, spec)
             if any(t.data_ptr() in parent_ptrs for t in module.state_dict().values()):
                 module = copy.deepcopy(module)
@@ -204,32 +197,16 @@ def _check_module(layer: int, spec: VariantSpec, module: nn.Module, arch: Archit
 
 
 def infer_choices(model: BlockModel) -> list[Choice]:
-    """Per-layer specs read from the modules (kv_heads/width equal to the parent's -> parent)."""
-    s = model.shape
+    """Per-layer specs read from the modules, each recognised by its family (a module of the
+    parent's own size is ``parent``); ``StudentConfigError`` for a module no family knows."""
+    from compress.families import recognise
+
     out = []
     for layer in model.layers:
-        pair = []
-        for kind, module in (("attention", layer.attention), ("ffn", layer.ffn)):
-            if isinstance(module, NoopSubblock):
-                pair.append(VariantSpec(kind, "noop"))
-            elif isinstance(module, LinearSubblock):
-                pair.append(VariantSpec(kind, "linear"))
-            elif isinstance(module, GQAttention):
-                kv = module.num_kv_heads
-                pair.append(
-                    VariantSpec(kind, "parent")
-                    if kv == s.num_kv_heads
-                    else VariantSpec(kind, "kv_heads", kv)
-                )
-            elif isinstance(module, GatedFFN):
-                w = module.intermediate_size
-                pair.append(
-                    VariantSpec(kind, "parent")
-                    if w == s.intermediate_size
-                    else VariantSpec(kind, "width", w)
-                )
-            else:
-                raise StudentConfigError(f"cannot describe a {type(module).__name__} subblock")
+        try:
+            pair = [recognise(k, getattr(layer, k), model.shape) for k in ("attention", "ffn")]
+        except ValueError as exc:
+            raise StudentConfigError(str(exc)) from None
         out.append((pair[0], pair[1]))
     return out
 

@@ -318,10 +318,10 @@ def export_student(
         dtype = precision_dtype(precision)
         model = student if dtype == torch.float32 else copy.deepcopy(student).to(dtype)
         result = export_onnx(model, out, prompt_ids=prompt, exporter=spec.export.exporter)
-        write_genai_files(model, out, parent.tokenizer, parent_config)
         summary["parity"] = result.parity
         report(f"[export] ONNX parity: {result.parity['summary']}")
         try:
+            write_genai_files(model, out, parent.tokenizer, parent_config)
             import_genai()
         except UserError as exc:
             report(f"[export] onnxruntime-genai check skipped: {exc}")

@@ -8,6 +8,7 @@ import os
 import pandas as pd
 
 from compress.library import read_records
+from compress.variants import COST_FEATURES
 from nas.errors import JobError, NotFound
 from nas.layout import JobLayout
 
@@ -17,8 +18,7 @@ COLUMNS = [
     "variant",
     "trainable",
     "trained",
-    "params",
-    "kv_heads",
+    *COST_FEATURES,
     "nmse_init",
     "nmse_final",
     "tokens",
@@ -31,9 +31,10 @@ SCORE_COLUMNS = ("kl", "lm_loss", "top1")
 
 
 def library_frame(job_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every (layer, variant) of the job's space with its parameters and BLD record.
+    """Every (layer, variant) of the job's space with its cost features and BLD record.
 
-    Columns: ``COLUMNS`` (BLD fields are NaN for variants not trained yet and for ``parent`` /
+    Columns: ``COLUMNS`` (the cost features, ``COST_FEATURES``, come from each variant's
+    family: the cost model reads only those) (BLD fields are NaN for variants not trained yet and for ``parent`` /
     ``noop``, whose ``nmse`` is 0 and 1 by definition but is not measured). Score columns are
     NaN until the scoring stage fills them: it may write ``scores/scores.json``, a list of
     records with ``layer``, ``variant`` and any of ``kl``, ``lm_loss``, ``top1``, merged here.
@@ -62,8 +63,7 @@ def library_frame(job_dir: str | os.PathLike) -> pd.DataFrame:
                     "variant": str(v),
                     "trainable": v.trainable,
                     "trained": bool(rec),
-                    "params": v.params(shape),
-                    "kv_heads": v.kv_heads(shape),
+                    **v.cost_features(shape),
                     "nmse_init": rec.get("nmse_init", math.nan),
                     "nmse_final": rec.get("nmse_final", math.nan),
                     "tokens": rec.get("tokens", 0),

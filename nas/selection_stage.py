@@ -183,8 +183,6 @@ def _problem(spec: SearchSpec, store: JobStore, shape, frame, by_metric: dict, n
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
         vocab_size=shape.vocab_size,
-        head_dim=shape.head_dim,
-        parent_kv_heads=shape.num_kv_heads,
         tied_embeddings=shape.tied_embeddings,
         score_column=score,
         latency=latency,

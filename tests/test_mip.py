@@ -232,8 +232,11 @@ def test_problem_from_library_rows():
     def attn(kv):
         return 8 * 8 + 2 * 8 * kv * 4 + 8 * 8 + 8
 
+    def kv(heads):  # the library's KV cost features: keys + values per token, no window
+        return {"kv_values_per_token": 2 * heads * 4, "kv_window": 0}
+
     rows = [
-        {"layer": i, "kind": "attention", "variant": "attention:parent", "params": attn(2)}
+        {"layer": i, "kind": "attention", "variant": "attention:parent", "params": attn(2)} | kv(2)
         for i in range(2)
     ]
     rows += [
@@ -244,12 +247,14 @@ def test_problem_from_library_rows():
             "params": attn(1),
             "kl": 0.1 + i,
         }
+        | kv(1)
         for i in range(2)
     ]
     rows += [
-        {"layer": i, "kind": "ffn", "variant": "ffn:noop", "params": 0, "kl": 0.5} for i in range(2)
+        {"layer": i, "kind": "ffn", "variant": "ffn:noop", "params": 0, "kl": 0.5} | kv(0)
+        for i in range(2)
     ]
-    rows += [{"layer": 0, "kind": "ffn", "variant": "ffn:parent", "params": 3 * 8 * 16 + 8}]
+    rows += [{"layer": 0, "kind": "ffn", "variant": "ffn:parent", "params": 3 * 8 * 16 + 8} | kv(0)]
     latency = {
         "attention:parent": 1.0,
         "attention:kv_heads=1": 0.8,
@@ -261,8 +266,6 @@ def test_problem_from_library_rows():
         num_layers=2,
         hidden_size=8,
         vocab_size=10,
-        head_dim=4,
-        parent_kv_heads=2,
         tied_embeddings=True,
         latency=lambda metric, layer, variant: latency[variant],
         latency_metrics=["decode_latency_ms"],
@@ -301,8 +304,6 @@ def test_problem_from_library_rows():
             num_layers=2,
             hidden_size=8,
             vocab_size=10,
-            head_dim=4,
-            parent_kv_heads=2,
             tied_embeddings=True,
         )
 

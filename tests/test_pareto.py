@@ -220,7 +220,7 @@ def test_front_from_the_real_stories260k_profiles_and_the_tiny_sweep():
                     "layer": layer,
                     "kind": v.kind,
                     "variant": str(v),
-                    "params": v.params(shape),
+                    **v.cost_features(shape),
                     "kl": 0.0 if v.is_parent else (0.05 + saved) * rng.uniform(0.5, 2.0),
                 }
             )
@@ -230,8 +230,6 @@ def test_front_from_the_real_stories260k_profiles_and_the_tiny_sweep():
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
         vocab_size=shape.vocab_size,
-        head_dim=shape.head_dim,
-        parent_kv_heads=shape.num_kv_heads,
         tied_embeddings=shape.tied_embeddings,
         latency=lookup,
         latency_metrics=list(profiles),

@@ -333,6 +333,7 @@ def test_problem_from_library_with_joint_scores():
 
     rows = [
         {"layer": i, "kind": k, "variant": v, "params": p, "kl": s}
+        | {"kv_values_per_token": 4 if v == "attention:parent" else 0, "kv_window": 0}
         for i in range(2)
         for k, v, p, s in (
             ("attention", "attention:parent", 40, 0.0),
@@ -351,8 +352,6 @@ def test_problem_from_library_with_joint_scores():
         num_layers=2,
         hidden_size=4,
         vocab_size=8,
-        head_dim=2,
-        parent_kv_heads=1,
         tied_embeddings=True,
         joint_scores=joint,
     )

@@ -8,6 +8,8 @@ tokenizer's files (``tokenizer.json``, which onnxruntime-genai reads, and its co
 ``pip install 'nas-llm[genai]'``); ``genai_parity`` compares that with this project's greedy
 tokens and records the verdict in ``parity.json``.
 
+Caches bounded by their module (``max_cache`` in ``export.json``, e.g. sliding-window
+attention) are refused: onnxruntime-genai allocates every present as past + new tokens.
 Layers with different KV head counts need nothing special: with
 ``past_present_share_buffer: false`` onnxruntime-genai takes each cache's shape from the
 graph's inputs and outputs (``num_key_value_heads`` holds the largest count; the tests
@@ -39,6 +41,12 @@ def genai_config(model: BlockModel, layout: dict, parent_config: dict | None) ->
     """The ``genai_config.json`` record of an export (``layout``: its ``export.json``)."""
     if layout["layout"] != "decoder":
         raise UserError("onnxruntime-genai needs the decoder layout (one model.onnx)")
+    bounded = [c["layer"] for c in layout["cache"] if c.get("max_cache")]
+    if bounded:  # it allocates every present as past + new tokens
+        raise UserError(
+            f"onnxruntime-genai cannot run KV caches bounded by their module (layers {bounded}); "
+            "run the folder with onnxruntime (compress.export_onnx.OrtDecoder)"
+        )
     s, parent = model.shape, parent_config or {}
     heads = max((c["kv_heads"] for c in layout["cache"]), default=s.num_kv_heads)
     context = int(parent.get("max_position_embeddings") or 2048)

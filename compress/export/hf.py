@@ -48,23 +48,24 @@ def precision_dtype(precision: str) -> torch.dtype:
 
 
 def block_configs(specs: Sequence[tuple[VariantSpec, VariantSpec]], shape) -> list[dict]:
-    """One ``{"attention": {...}, "ffn": {...}}`` per layer (the schema in the module doc
-    of ``modeling_nas_llm``; the README maps it to DeciLM's ``block_configs``)."""
-    out = []
-    for attn, ffn in specs:
-        a = {"no_op": attn.type == "noop", "replace_with_linear": attn.type == "linear"}
-        if attn.type in ("parent", "kv_heads"):
-            a["num_key_value_heads"] = attn.kv_heads(shape)
-        f = {"no_op": ffn.type == "noop", "replace_with_linear": ffn.type == "linear"}
-        if ffn.type in ("parent", "width"):
-            f["intermediate_size"] = shape.intermediate_size if ffn.is_parent else ffn.value
-        out.append({"attention": a, "ffn": f})
-    return out
+    """One ``{"attention": {...}, "ffn": {...}}`` per layer, each written by the variant's
+    family (the schema in the module doc of ``modeling_nas_llm``; the README maps it to
+    DeciLM's ``block_configs``)."""
+    return [
+        {"attention": a.family.hf_block(a, shape), "ffn": f.family.hf_block(f, shape)}
+        for a, f in specs
+    ]
+
+
+_PLAIN = ({"no_op", "replace_with_linear", "num_key_value_heads"},
+          {"no_op", "replace_with_linear", "intermediate_size"})  # fmt: skip
 
 
 def plain_layout(blocks: list[dict]) -> tuple[int, int] | None:
     """``(kv_heads, ffn width)`` when every layer has the same GQA attention and gated FFN
-    (so the parent's own architecture expresses the student), else ``None``."""
+    and nothing else (so the parent's own architecture expresses the student), else ``None``."""
+    if any((set(b["attention"]), set(b["ffn"])) != _PLAIN for b in blocks):
+        return None
     pairs = {
         (b["attention"].get("num_key_value_heads"), b["ffn"].get("intermediate_size"))
         for b in blocks

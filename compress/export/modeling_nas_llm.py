@@ -10,7 +10,8 @@ self-contained: it imports only torch and transformers (never this project).
      "ffn": {"no_op": false, "replace_with_linear": false, "intermediate_size": 768}}
 
 - attention: grouped-query attention with ``num_key_value_heads`` KV heads (``q_proj`` ...
-  ``o_proj`` after ``input_layernorm``), or ``no_op`` (nothing, no norm, no KV cache), or
+  ``o_proj`` after ``input_layernorm``); with ``sliding_window: W`` each token attends only
+  to the last W positions (itself included); or ``no_op`` (nothing, no norm, no KV cache), or
   ``replace_with_linear`` (``input_layernorm`` then one hidden x hidden ``linear_attn``, no
   KV cache);
 - ffn: the gated MLP of width ``intermediate_size`` after ``post_attention_layernorm``, or
@@ -134,8 +135,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class NasLlmAttention(nn.Module):
-    def __init__(self, config: NasLlmConfig, kv_heads: int, cache_index: int):
+    def __init__(self, config: NasLlmConfig, kv_heads: int, cache_index: int, window=None):
         super().__init__()
+        self.window = window  # None: the whole past; W: the last W positions
         self.num_heads, self.num_kv_heads = config.num_attention_heads, kv_heads
         self.head_dim, self.cache_index = config.head_dim, cache_index
         h, bias = config.hidden_size, config.attention_bias
@@ -152,6 +154,11 @@ class NasLlmAttention(nn.Module):
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(k, v, self.cache_index)
+        if self.window is not None:  # query i sits at total - s + i: keys after i - window
+            total = k.shape[2]
+            queries = torch.arange(total - s, total, device=h.device)
+            keys = torch.arange(total, device=h.device)
+            mask = mask & (keys[None, :] > queries[:, None] - self.window)
         groups = self.num_heads // self.num_kv_heads
         k = k.repeat_interleave(groups, dim=1)  # (B, heads, total, head_dim)
         v = v.repeat_interleave(groups, dim=1)
@@ -204,7 +211,8 @@ class NasLlmDecoderLayer(nn.Module):
                 self.self_attn = NasLlmLinearAttention(config)
             else:
                 kv = attn.get("num_key_value_heads") or config.num_key_value_heads
-                self.self_attn = NasLlmAttention(config, kv, cache_index)
+                window = attn.get("sliding_window")
+                self.self_attn = NasLlmAttention(config, kv, cache_index, window)
         self.mlp = None
         if not ffn.get("no_op"):
             self.post_attention_layernorm = NasLlmRMSNorm(config.hidden_size, eps)

@@ -272,8 +272,6 @@ def problem_from_library(
     num_layers: int,
     hidden_size: int,
     vocab_size: int,
-    head_dim: int,
-    parent_kv_heads: int,
     tied_embeddings: bool,
     score_column: str = "kl",
     latency: LatencyLookup | None = None,
@@ -287,13 +285,14 @@ def problem_from_library(
     joint_scores: Mapping[tuple[int, str, str], float] | None = None,
 ) -> SelectionProblem:
     """Build a problem from library rows (a DataFrame or dicts with ``layer``, ``kind``,
-    ``variant``, ``params`` and ``score_column``) and a latency lookup (see ``profile_latency``).
-    Pure: numbers in, numbers out.
+    ``variant``, the cost features ``params``, ``kv_values_per_token`` and ``kv_window`` of
+    ``nas.library.library_frame`` and ``score_column``) and a latency lookup (see
+    ``profile_latency``). Pure: numbers in, numbers out; variant names are only labels.
 
-    A missing ``*:parent`` row is added with score 0 and the parent's parameters taken from the
-    row of a layer that has it (or raises). KV heads come from the canonical name
-    (``attention:kv_heads=N``; parent -> ``parent_kv_heads``; linear and noop keep no cache).
-    ``kv_cache_mib``: the KV cache at ``batch`` x ``context`` in ``bytes_per_value``;
+    A missing ``*:parent`` row is added with score 0 and the cost features of the row of a
+    layer that has it (or raises). ``kv_cache_mib``: ``kv_values_per_token`` x the tokens
+    cached (``context``, or ``kv_window`` when that is smaller and not 0) x ``batch`` in
+    ``bytes_per_value``;
     ``memory_mib`` = weights in ``weight_bytes`` (default ``bytes_per_value``; 1 for int8/fp8
     export) + KV cache + ``activations_mib`` (a fixed cost); the fixed cost also counts the
     embeddings, the head (unless tied) and the final norm. ``joint_scores`` (``{(layer, attention,
@@ -309,17 +308,7 @@ def problem_from_library(
     }
     fixed_latency = dict(fixed_latency_ms or {})
 
-    def kv_heads(variant: str) -> int:
-        kind, _, rest = variant.partition(":")
-        if kind != "attention" or rest in ("noop", "linear"):
-            return 0
-        if rest == "parent":
-            return parent_kv_heads
-        if rest.startswith("kv_heads="):
-            return int(rest.split("=", 1)[1])
-        raise SelectionError(f"cannot tell the KV heads of {variant!r}")
-
-    def option(layer: int, kind: str, variant: str, params: float, score) -> Option:
+    def option(layer: int, kind: str, variant: str, row: Mapping, score) -> Option:
         if score is None or (isinstance(score, float) and math.isnan(score)):
             raise SelectionError(
                 f"layer {layer} {variant} has no {score_column} score; run the scoring stage first"
@@ -327,7 +316,13 @@ def problem_from_library(
         score = float(score)
         if -1e-6 < score < 0:  # numerical noise around the parent's zero
             score = 0.0
-        kv = kv_cache_mib(kv_heads(variant), head_dim, context, batch, bytes_per_value)
+        try:
+            params, per_token = float(row["params"]), float(row["kv_values_per_token"])
+            window = int(row["kv_window"])
+        except KeyError as exc:
+            raise SelectionError(f"library row of layer {layer} {variant} lacks {exc}") from None
+        tokens = min(context, window) if window > 0 else context
+        kv = per_token * tokens * batch * bytes_per_value / MIB
         costs = {
             "params": float(params),
             "kv_cache_mib": kv,
@@ -344,23 +339,23 @@ def problem_from_library(
                 ) from None
         return Option(variant, score, costs)
 
-    parent_params: dict[str, float] = {}
+    parent_rows: dict[str, Mapping] = {}
     for row in rows:
         layer, kind, variant = int(row["layer"]), str(row["kind"]), str(row["variant"])
         if layer not in by_layer or kind not in KINDS:
             raise SelectionError(f"library row out of range: layer {layer} {kind} {variant}")
         score = 0.0 if variant.endswith(":parent") else row.get(score_column)
-        by_layer[layer][kind][variant] = option(layer, kind, variant, row["params"], score)
+        by_layer[layer][kind][variant] = option(layer, kind, variant, row, score)
         if variant.endswith(":parent"):
-            parent_params[kind] = float(row["params"])
+            parent_rows[kind] = row
     layers = []
     for i in range(num_layers):
         for kind in KINDS:
             name = f"{kind}:parent"
             if name not in by_layer[i][kind]:
-                if kind not in parent_params:
+                if kind not in parent_rows:
                     raise SelectionError(f"the library has no {name} row to take its size from")
-                by_layer[i][kind][name] = option(i, kind, name, parent_params[kind], 0.0)
+                by_layer[i][kind][name] = option(i, kind, name, parent_rows[kind], 0.0)
         layer = LayerOptions(
             *(tuple(sorted(by_layer[i][k].values(), key=_parent_first)) for k in KINDS)
         )

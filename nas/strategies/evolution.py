@@ -22,8 +22,9 @@ import torch
 
 from compress.builders import build_variant
 from compress.diswot import DiswotProbe, calibration_rows, subblock_init
-from compress.model import BlockModel, Layer
+from compress.model import BlockModel
 from compress.scoring import ActivationCache
+from compress.student import assemble_student
 from compress.variants import VariantSpec
 from nas.strategies import DROPPED_LAYER, Choices, StrategyPoint
 
@@ -31,12 +32,11 @@ Latency = Callable[[Choices], float]
 
 
 def space_options(variants: Sequence[VariantSpec]) -> tuple[list[str], list[str]]:
-    """Homogeneous options of a space: attention ``parent`` + KV-head counts, FFN ``parent`` +
-    widths (``linear`` and ``noop`` are left to depth and to the MIP)."""
-    attention = [
-        str(v) for v in variants if v.kind == "attention" and v.type in ("parent", "kv_heads")
-    ]
-    ffn = [str(v) for v in variants if v.kind == "ffn" and v.type in ("parent", "width")]
+    """Homogeneous options of a space: the variants whose family says ``homogeneous`` (attention
+    ``parent`` + KV-head counts, FFN ``parent`` + widths; ``linear`` and ``noop`` are left to
+    depth and to the MIP)."""
+    attention = [str(v) for v in variants if v.kind == "attention" and v.family.homogeneous]
+    ffn = [str(v) for v in variants if v.kind == "ffn" and v.family.homogeneous]
     return attention, ffn
 
 
@@ -82,23 +82,15 @@ def build_student(
     ``init_rows`` of ``cache``) when given, data-free otherwise. Do not train the result: it
     shares tensors with the parent.
     """
-    layers = []
-    for index, pair in enumerate(choices):
-        modules = []
-        for text in pair:
-            spec = VariantSpec.parse(text)
-            sub = parent.subblock(index, spec.kind)
-            if spec.is_parent:
-                modules.append(sub)
-                continue
-            init = None
-            if cache is not None and spec.trainable:
-                inputs = cache.layer_input(index, init_rows.start, init_rows.stop)
-                init = subblock_init(parent, index, spec.kind, inputs)
-            modules.append(build_variant(spec, sub, init))
-        layers.append(Layer(*modules))
-    student = BlockModel(parent.shape, parent.embed_tokens, layers, parent.norm, parent.lm_head)
-    return student.eval()
+
+    def load_module(index: int, spec: VariantSpec):
+        init = None
+        if cache is not None and spec.trainable:
+            inputs = cache.layer_input(index, init_rows.start, init_rows.stop)
+            init = subblock_init(parent, index, spec.kind, inputs)
+        return build_variant(spec, parent.subblock(index, spec.kind), init)
+
+    return assemble_student(parent, choices, load_module, share_parent=True).eval()
 
 
 def evaluate_student(
