@@ -170,6 +170,14 @@ def whole_graph(model: BlockModel, s: MeasureSettings) -> Graph:
     return Graph(_Whole(model, s.phase == "decode").eval(), {"ids": ids, **pasts}, outputs)
 
 
+def in_float32(graph: Graph) -> Graph:
+    """``graph`` itself when its module is float32, else a float32 copy (module and inputs)."""
+    if all(p.dtype == torch.float32 for p in graph.module.parameters()):
+        return graph
+    inputs = {k: v.float() if v.is_floating_point() else v for k, v in graph.inputs.items()}
+    return Graph(copy.deepcopy(graph.module).float(), inputs, graph.outputs)
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -224,6 +232,7 @@ class OnnxRuntimeCPU:
         return cpu_name()
 
     def prepare(self, graph: Graph, workdir: Path) -> Callable[[], float]:
+        graph = in_float32(graph)  # a bfloat16/float16 run's model is timed at the profile's fp32
         path = export_onnx(graph, workdir / f"g{len(list(workdir.iterdir()))}.onnx")
         so = self.ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
@@ -311,6 +320,7 @@ class TensorRT:
         return self.trt.device()
 
     def prepare(self, graph: Graph, workdir: Path) -> Callable[[], float]:
+        graph = in_float32(graph)  # a bfloat16/float16 run's model is timed at the profile's fp32
         path = export_onnx(graph, workdir / f"g{len(list(workdir.iterdir()))}.onnx")
         return self.trt.prepare(path, graph.inputs)
 

@@ -1,4 +1,8 @@
-"""Loading a parent: a HuggingFace folder, a GGUF file, or the named default ``smollm2-135m``.
+"""Loading a parent: a HuggingFace folder, a GGUF file, the named default ``smollm2-135m``, or a
+random-weight parent of a real shape (``random:NAME``, ``compress.random_parent``).
+
+Safetensors weights whose dtype is the run dtype are memory-mapped, not copied: a page of
+weights is read from disk when first used and shared with every process mapping the file.
 
 ``load_parent(source)`` returns a ``Parent``: the HuggingFace model, its tokenizer and the
 layer adapter (a ``BlockModel`` sharing the HF model's parameters, no copy).
@@ -20,11 +24,13 @@ import torch
 from compress.blocks import GatedFFN, GQAttention, Rotary
 from compress.errors import ModelLoadError, UnsupportedArchitecture
 from compress.model import BlockModel, Layer
+from compress.random_parent import is_random, random_parent_folder
 from compress.shape import DEFAULT_MODELS, SUPPORTED_MODEL_TYPES, ModelShape
 
 SUPPORTED = (
     f"supported: model types {', '.join(SUPPORTED_MODEL_TYPES)} (SmolLM is llama) from a "
-    f"HuggingFace folder or a GGUF file, or the named default {', '.join(DEFAULT_MODELS)}"
+    f"HuggingFace folder or a GGUF file, the named default {', '.join(DEFAULT_MODELS)}, or "
+    "random:NAME (random weights of a shipped config's shape) / random:CONFIG.json"
 )
 
 
@@ -48,7 +54,9 @@ def cache_dir() -> Path:
 def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Parent:
     """Load a parent model from ``source``; raises ``ModelLoadError``/``UnsupportedArchitecture``."""
     source = str(source)
-    if source in DEFAULT_MODELS:
+    if is_random(source):  # written once at ``dtype``, then memory-mapped like any folder
+        hf_model, tokenizer = _load_hf_dir(random_parent_folder(source, dtype, cache_dir()), dtype)
+    elif source in DEFAULT_MODELS:
         hf_model, tokenizer = _load_default(source, dtype)
     else:
         path = Path(source)
@@ -157,6 +165,14 @@ def _gguf_progress():
     finally:
         if original is not None:
             gguf_utils.tqdm = original
+
+
+def ensure_default_folder(name: str) -> Path:
+    """The HF folder of the named default under ``cache_dir()``, converted first if needed."""
+    folder = cache_dir() / name
+    if not (folder / "config.json").exists():
+        del _load_default(name, torch.float32)[0]  # converts and saves the folder
+    return folder
 
 
 def _load_default(name: str, dtype: torch.dtype):

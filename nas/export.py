@@ -345,7 +345,8 @@ def export_student(
         from compress.export_onnx import ExportError, export_onnx
 
         dtype = precision_dtype(precision)
-        model = student if dtype == torch.float32 else copy.deepcopy(student).to(dtype)
+        same = student.norm.weight.dtype == dtype
+        model = student if same else copy.deepcopy(student).to(dtype)
         result = export_onnx(model, out, prompt_ids=prompt, exporter=spec.export.exporter)
         write_genai_files(model, out, parent.tokenizer, parent_config)
         summary["parity"] = result.parity

@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compress.random_parent import PREFIX as RANDOM_PREFIX
+from compress.random_parent import shipped_configs
 from compress.shape import DEFAULT_MODELS
 from nas.errors import SpecError
 
@@ -454,7 +456,11 @@ def _resolve_source(source, base: Path, where: str, origin: str):
 
 def _resolve_paths(spec: SearchSpec, base: Path, origin: str) -> SearchSpec:
     model_source = spec.model.source
-    if model_source not in DEFAULT_MODELS:
+    if model_source.startswith(RANDOM_PREFIX):  # a shipped config's name, else a config file
+        name = model_source.removeprefix(RANDOM_PREFIX)
+        if name not in shipped_configs():
+            model_source = RANDOM_PREFIX + _resolve(base, name)
+    elif model_source not in DEFAULT_MODELS:
         model_source = _resolve(base, model_source)
         if not Path(model_source).exists():
             raise SpecError(
