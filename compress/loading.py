@@ -40,10 +40,18 @@ class Parent:
     tokenizer: object
     adapter: BlockModel
     source: str
+    weights_dir: Path | None = None  # the folder whose safetensors may be memory-mapped
 
     @property
     def shape(self) -> ModelShape:
         return self.adapter.shape
+
+    def release(self) -> int:
+        """Hand the memory-mapped weights' resident pages back (``compress.memory``): call
+        between stages; the next forward pass reads them again. Returns bytes advised."""
+        from compress.memory import release_file_pages
+
+        return release_file_pages(self.weights_dir)
 
 
 def cache_dir() -> Path:
@@ -54,10 +62,13 @@ def cache_dir() -> Path:
 def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Parent:
     """Load a parent model from ``source``; raises ``ModelLoadError``/``UnsupportedArchitecture``."""
     source = str(source)
+    folder = None
     if is_random(source):  # written once at ``dtype``, then memory-mapped like any folder
-        hf_model, tokenizer = _load_hf_dir(random_parent_folder(source, dtype, cache_dir()), dtype)
+        folder = random_parent_folder(source, dtype, cache_dir())
+        hf_model, tokenizer = _load_hf_dir(folder, dtype)
     elif source in DEFAULT_MODELS:
         hf_model, tokenizer = _load_default(source, dtype)
+        folder = cache_dir() / source
     else:
         path = Path(source)
         if not path.exists():
@@ -66,6 +77,7 @@ def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
             hf_model, tokenizer = _load_gguf(path, dtype)
         elif path.is_dir():
             hf_model, tokenizer = _load_hf_dir(path, dtype)
+            folder = path
         else:
             raise ModelLoadError(
                 f"model source {source!r} is neither a folder nor a .gguf file; {SUPPORTED}"
@@ -73,7 +85,7 @@ def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
     hf_model.eval()
     adapter = adapter_from_hf(hf_model)
     adapter.eval()
-    return Parent(hf_model=hf_model, tokenizer=tokenizer, adapter=adapter, source=source)
+    return Parent(hf_model, tokenizer, adapter, source, folder)
 
 
 def _check_config(config, where: str) -> None:

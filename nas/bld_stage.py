@@ -81,6 +81,18 @@ def space_variants(spec: SearchSpec, shape) -> tuple[list[VariantSpec], list[Var
         raise SpecError(str(exc)) from None
 
 
+def searched_layers(spec: SearchSpec, shape) -> list[int]:
+    """``space.layers`` (checked against the parent), else every layer."""
+    from nas.errors import SpecError
+
+    layers = spec.space.layers
+    if layers is None:
+        return list(range(shape.num_layers))
+    if max(layers) >= shape.num_layers:
+        raise SpecError(f"space.layers: layer {max(layers)} >= the parent's {shape.num_layers}")
+    return list(layers)
+
+
 def planned_variants(
     spec: SearchSpec, shape, kept: dict | None = None
 ) -> list[tuple[int, VariantSpec]]:
@@ -91,7 +103,7 @@ def planned_variants(
     attention, ffn = space_variants(spec, shape)
     return [
         (layer, v)
-        for layer in range(shape.num_layers)
+        for layer in searched_layers(spec, shape)
         for v in attention + ffn
         if v.trainable and (kept is None or str(v) in kept[f"{layer}:{v.kind}"])
     ]
@@ -144,7 +156,7 @@ def stage_capture(spec: SearchSpec, store: JobStore, prepared, report: Report = 
         report("[capture] done before")
         return Captured(train_dir, heldout_dir, n_train * seq_len, n_held * seq_len)
     t0 = time.perf_counter()
-    dtype = spec.bld.activation_dtype
+    dtype = spec.bld.activation_dtype or spec.model.dtype  # activations at the run dtype
     with progress("[capture] parent activations", n_train + n_held) as bar:
         train_meta = capture(
             adapter,
@@ -211,7 +223,8 @@ def _train_one(
         spec, layer, parent, Activations(train_dir), Activations(heldout_dir), BLDConfig(**config)
     )
     record["worker_pid"] = os.getpid()
-    save_variant(library_dir, layer, spec, module, record)
+    # trained with float32 master weights; kept at the run dtype (the parent subblock's)
+    save_variant(library_dir, layer, spec, module.to(next(parent.parameters()).dtype), record)
     return record
 
 
@@ -260,7 +273,7 @@ def stage_bld(
     report(f"[bld] {len(planned)} variants: {skipped} in the library already, training {len(todo)}")
     if todo:
         _run_on_ray(
-            spec, store, prepared.parent.adapter, captured, library_dir, todo, skipped, len(planned)
+            spec, store, prepared.parent, captured, library_dir, todo, skipped, len(planned)
         )
     wall = time.perf_counter() - t0
     complete = len(todo) == len(missing)
@@ -296,7 +309,7 @@ def stage_bld(
 def _run_on_ray(
     spec: SearchSpec,
     store: JobStore,
-    adapter,
+    parent,
     captured: Captured,
     library_dir: Path,
     todo: list[tuple[int, VariantSpec]],
@@ -305,7 +318,8 @@ def _run_on_ray(
 ) -> None:
     import ray
 
-    parents = _save_parent_blocks(store, adapter, {(layer, v.kind) for layer, v in todo})
+    parents = _save_parent_blocks(store, parent.adapter, {(layer, v.kind) for layer, v in todo})
+    parent.release()  # tasks read their subblocks from files; the driver waits
     config = bld_config(spec).to_dict()
     _connect_ray(spec)
     task = ray.remote(**task_options(num_cpus=1))(_train_one)

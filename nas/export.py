@@ -177,6 +177,8 @@ def parent_point(num_layers: int) -> dict:
 
 
 def default_precision(spec: SearchSpec) -> str:
+    if spec.export.precision is not None:
+        return spec.export.precision
     return spec.hardware.measure.precision if spec.hardware.measure is not None else "fp32"
 
 
@@ -322,8 +324,6 @@ def export_student(
     """Write one built student in one format and precision to ``out`` (parity checked) and
     mark it finished (``nas_export.json``); returns what the export reported."""
     import copy
-
-    import torch
 
     from compress.export.hf import precision_dtype
 

@@ -72,6 +72,7 @@ def _run_stages(spec: SearchSpec, store: JobStore, report: Report, until: str | 
     try:
         with timer("baseline"):
             prepared = stage_baseline(spec, store, report)
+            timer.parent = prepared.parent
         if until == "baseline":
             return timer.stop(until)
         with timer("capture"):
@@ -112,6 +113,7 @@ class _StageTimer:
     def __init__(self, store: JobStore):
         self.store = store
         self.seconds = dict(store.manifest().get("stage_seconds", {}))
+        self.parent = None  # set once loaded: its mapped weights are released after each stage
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
@@ -121,6 +123,8 @@ class _StageTimer:
         try:
             yield
         finally:
+            if self.parent is not None:
+                self.parent.release()  # the next stage reads the layers it runs again
             if not done_before:
                 spent = time.perf_counter() - t0
                 self.seconds[stage] = round(float(self.seconds.get(stage, 0.0)) + spent, 2)

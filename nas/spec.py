@@ -145,6 +145,18 @@ class SpaceSection(_Section):
     attention: list[str | int] = Field(default_factory=lambda: ["parent", "noop"])
     ffn: list[str | int | float] = Field(default_factory=lambda: ["parent", 0.5, "noop"])
     prefilter: PrefilterSection | None = None
+    layers: list[int] | None = Field(
+        None,
+        description="layers that get the variants (trained, scored, selectable); the others keep "
+        "the parent's subblocks (default: every layer; a reduced space for scale runs)",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, layers):
+        if layers is not None and (not layers or min(layers) < 0):
+            raise ValueError("space.layers: give at least one layer index >= 0")
+        return sorted(set(layers)) if layers is not None else None
 
 
 class BLDSection(_Section):
@@ -156,8 +168,8 @@ class BLDSection(_Section):
     seed: int = 0
     init_tokens: int = Field(2048, gt=0, description="train tokens used to initialise variants")
     eval_tokens: int = Field(2048, gt=0, description="eval-split tokens nMSE is measured on")
-    activation_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="dtype of the captured activations on disk"
+    activation_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="dtype of the captured activations on disk (default: model.dtype)"
     )
 
 
@@ -330,7 +342,9 @@ class StrategySection(_Section):
     def _layer_keys(cls, value):
         """JSON keys are strings: ``{"3": [...]}`` names layer 3 as ``{3: [...]}`` does."""
         if isinstance(value, dict):
-            return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
+            return {
+                int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()
+            }
         return value
 
 
@@ -345,6 +359,11 @@ class ExportSection(_Section):
     formats: list[Literal["onnx", "tensorrt", "hf"]] = Field(default_factory=lambda: ["onnx"])
     points: Literal["front", "none"] = "front"
     measure: bool = True
+    precision: Literal["fp32", "fp16", "bf16"] | None = Field(
+        None,
+        description="precision of the exported students (default: hardware.measure.precision, "
+        "else fp32); onnxruntime's CPU provider runs fp32 and fp16 ONNX, not bf16",
+    )
     gkd: GKDSection | None = None
     eval_tokens: int | None = Field(
         None, gt=0, description="eval-split tokens for measured quality (default: all)"
