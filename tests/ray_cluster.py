@@ -73,11 +73,7 @@ class LocalCluster:
         )
         self._wait_dashboard()
         self._start(
-            [
-                f"--address=127.0.0.1:{self.gcs_port}",
-                f"--num-cpus={worker_cpus}",
-                *self._node_ports(),
-            ],
+            [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={worker_cpus}", *self._node_ports()],
             env,
         )
         self._wait_nodes(2)
