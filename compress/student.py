@@ -162,7 +162,10 @@ def library_loader(library_dir: str | os.PathLike, parent: BlockModel) -> LoadMo
 
 
 def assemble_student(
-    parent: BlockModel, choices: Sequence, load_module: LoadModule | None = None
+    parent: BlockModel,
+    choices: Sequence,
+    load_module: LoadModule | None = None,
+    share_parent: bool = False,
 ) -> BlockModel:
     """A new ``BlockModel`` with layer ``i``'s attention and FFN from ``load_module(i, spec)``.
 
@@ -171,17 +174,26 @@ def assemble_student(
     from the parent (tied embeddings stay tied); a returned module that shares a tensor with
     the parent is copied too, so the student never aliases the parent. Raises
     ``StudentConfigError`` when a module's parameter shapes do not match its spec.
+    With ``share_parent`` (a student that will not be trained) the embeddings, final norm, LM
+    head and ``parent`` subblocks are the parent's own modules: no copy of the parent's weights.
     """
     specs = normalize_choices(choices, parent.shape)
     load_module = load_module or data_free_loader(parent)
     arch = architecture_of(parent)
     parent_ptrs = {t.data_ptr() for t in parent.state_dict().values()}
     dtype = parent.embed_tokens.weight.dtype
-    embed, norm, lm_head = copy.deepcopy([parent.embed_tokens, parent.norm, parent.lm_head])
+    embed, norm, lm_head = (
+        (parent.embed_tokens, parent.norm, parent.lm_head)
+        if share_parent
+        else copy.deepcopy([parent.embed_tokens, parent.norm, parent.lm_head])
+    )
     layers = []
     for index, pair in enumerate(specs):
         modules = []
         for spec in pair:
+            if share_parent and spec.type == "parent":
+                modules.append(parent.subblock(index, spec.kind))
+                continue
             module = load_module(index, spec)
             if any(t.data_ptr() in parent_ptrs for t in module.state_dict().values()):
                 module = copy.deepcopy(module)

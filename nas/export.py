@@ -137,7 +137,10 @@ def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: 
 
     choices = point_choices(point)
     student = assemble_student(
-        parent.adapter, choices, library_loader(store.path("library"), parent.adapter)
+        parent.adapter,
+        choices,
+        library_loader(store.path("library"), parent.adapter),
+        share_parent=spec.export.gkd is None,  # not trained: the parent's weights, not a copy
     ).eval()
     record = None
     if spec.export.gkd is not None:
@@ -337,7 +340,7 @@ def export_student(
 
         summary["hf"] = export_hf(
             student, out, choices, parent.tokenizer, parent_config, spec.model.source,
-            precision, prompt_ids=prompt,
+            precision, prompt_ids=prompt, release=parent.release,
         )  # fmt: skip
         report(f"[export] transformers parity: {summary['hf']['parity']['summary']}")
     elif fmt == "onnx":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from nas.bld_stage import stage_bld, stage_capture
 from nas.errors import JobError
+from nas.ray_runtime import stop_local_ray
 from nas.rerank_stage import stage_rerank
 from nas.scoring_stage import stage_scoring
 from nas.selection_stage import stage_selection
@@ -85,6 +86,7 @@ def _run_stages(spec: SearchSpec, store: JobStore, report: Report, until: str | 
             return timer.stop(until)
         with timer("scoring"):
             stage_scoring(spec, store, prepared, report)
+        stop_local_ray()  # the stages after scoring run in this process
         if until == "scoring":
             return timer.stop(until)
         with timer("selection"):
