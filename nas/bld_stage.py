@@ -88,9 +88,9 @@ def searched_layers(spec: SearchSpec, shape) -> list[int]:
     layers = spec.space.layers
     if layers is None:
         return list(range(shape.num_layers))
-    if max(layers) >= shape.num_layers:
-        raise SpecError(f"space.layers: layer {max(layers)} >= the parent's {shape.num_layers}")
-    return list(layers)
+    if max(layers) >= shape.num_layers or min(layers) < 0:
+        raise SpecError(f"space.layers: {layers} are not all in 0..{shape.num_layers - 1}")
+    return sorted(set(layers))
 
 
 def planned_variants(

@@ -147,16 +147,9 @@ class SpaceSection(_Section):
     prefilter: PrefilterSection | None = None
     layers: list[int] | None = Field(
         None,
-        description="layers that get the variants (trained, scored, selectable); the others keep "
-        "the parent's subblocks (default: every layer; a reduced space for scale runs)",
+        min_length=1,
+        description="layers that get the variants; the others keep the parent's (default: all)",
     )
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, layers):
-        if layers is not None and (not layers or min(layers) < 0):
-            raise ValueError("space.layers: give at least one layer index >= 0")
-        return sorted(set(layers)) if layers is not None else None
 
 
 class BLDSection(_Section):
@@ -342,9 +335,7 @@ class StrategySection(_Section):
     def _layer_keys(cls, value):
         """JSON keys are strings: ``{"3": [...]}`` names layer 3 as ``{3: [...]}`` does."""
         if isinstance(value, dict):
-            return {
-                int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()
-            }
+            return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
         return value
 
 
@@ -360,9 +351,7 @@ class ExportSection(_Section):
     points: Literal["front", "none"] = "front"
     measure: bool = True
     precision: Literal["fp32", "fp16", "bf16"] | None = Field(
-        None,
-        description="precision of the exported students (default: hardware.measure.precision, "
-        "else fp32); onnxruntime's CPU provider runs fp32 and fp16 ONNX, not bf16",
+        None, description="of the exported students (default: hardware.measure.precision or fp32)"
     )
     gkd: GKDSection | None = None
     eval_tokens: int | None = Field(

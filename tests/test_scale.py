@@ -124,3 +124,17 @@ def test_bfloat16_pipeline_end_to_end(tmp_path, monkeypatch):
     assert exported
     weights = load_file(str(exported[0]))
     assert all(t.dtype == torch.bfloat16 for k, t in weights.items() if k.endswith("weight"))
+
+
+def test_space_layers_outside_the_parent_are_refused():
+    from compress.shape import ModelShape
+    from nas.bld_stage import planned_variants
+    from nas.errors import SpecError
+    from nas.spec import load_spec
+
+    spec = load_spec(DATA / "tiny_random_bf16.yaml")
+    shape = ModelShape("llama", 5, 64, 8, 4, 8, 172, 512, False, True)
+    assert {layer for layer, _ in planned_variants(spec, shape)} == {1, 3}
+    bad = spec.model_copy(update={"space": spec.space.model_copy(update={"layers": [1, 7]})})
+    with pytest.raises(SpecError, match=r"space.layers: \[1, 7\] are not all in 0..4"):
+        planned_variants(bad, shape)
