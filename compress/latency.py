@@ -141,8 +141,9 @@ def measure_all(
     }
     for spec in variants:
         graphs[str(spec)] = _variant_graph(parent_model, spec, s)
+    built: dict = {}  # (layer, variant) -> module, shared by the students (timing only)
     for i, choice in enumerate(students):
-        graphs[f"__student{i}__"] = whole_graph(assemble(parent_model, choice), s)
+        graphs[f"__student{i}__"] = whole_graph(assemble(parent_model, choice, built), s)
     t0 = time.perf_counter()
     times = time_graphs(backend, graphs, s)
     empty = np.asarray(times.pop("__empty__"))
@@ -168,9 +169,12 @@ def measure_all(
 
 
 # --- whole students ---------------------------------------------------------------------------
-def assemble(parent_model: BlockModel, choices: list[list[str]]) -> BlockModel:
+def assemble(
+    parent_model: BlockModel, choices: list[list[str]], built: dict | None = None
+) -> BlockModel:
     """A student sharing the parent's unchanged parameters, with ``BlockModel.replace`` for every
-    non-parent choice (data-free initialisation: fine for latency, not for quality)."""
+    non-parent choice (data-free initialisation: fine for latency, not for quality). ``built``
+    caches the replaced modules by (layer, variant) across students that are only timed."""
     layers = [Layer(layer.attention, layer.ffn) for layer in parent_model.layers]
     student = BlockModel(
         parent_model.shape,
@@ -183,10 +187,14 @@ def assemble(parent_model: BlockModel, choices: list[list[str]]) -> BlockModel:
         for text in pair:
             spec = VariantSpec.parse(text)
             if not spec.is_parent:
-                module = build_variant(spec, parent_model.subblock(i, spec.kind))
-                if spec.type == "linear":  # data-free linear is all zeros: make it distinct
-                    with torch.no_grad():
-                        module.linear.weight.normal_(0, module.linear.weight.shape[0] ** -0.5)
+                module = built.get((i, text)) if built is not None else None
+                if module is None:
+                    module = build_variant(spec, parent_model.subblock(i, spec.kind))
+                    if spec.type == "linear":  # data-free linear is all zeros: make it distinct
+                        with torch.no_grad():
+                            module.linear.weight.normal_(0, module.linear.weight.shape[0] ** -0.5)
+                    if built is not None:
+                        built[i, text] = module
                 student.replace(i, spec.kind, module)
     return student.eval()
 

@@ -140,14 +140,24 @@ def _kv_inputs(subblocks, s: MeasureSettings, head_dim: int, dtype) -> dict[str,
     return out
 
 
+# a subblock this large cannot stay cached from one copy of a stack to the next on today's
+# hardware (an EPYC L3 slice is 32 MB, an H100's L2 50 MB): its stack repeats one copy
+UNCACHEABLE_BYTES = 64 * 2**20
+
+
 def stack_graph(subblock: nn.Module | None, s: MeasureSettings, shape, dtype) -> Graph:
     """``stack`` deep copies of ``subblock`` with slightly different weights (None: the empty
-    stack, the run overhead)."""
-    subs = [] if subblock is None else [copy.deepcopy(subblock) for _ in range(s.stack)]
-    with torch.no_grad():  # distinct values per copy: exporters merge identical initialisers,
-        for i, sub in enumerate(subs):  # and shared weights would stay in cache across copies
-            for param in sub.parameters():
-                param.mul_(1.0 + 1e-3 * (i + 1))
+    stack, the run overhead); one copy repeated when it is ``UNCACHEABLE_BYTES`` or larger."""
+    if subblock is None:
+        subs = []
+    elif sum(p.numel() * p.element_size() for p in subblock.parameters()) >= UNCACHEABLE_BYTES:
+        subs = [subblock] * s.stack  # a real model's big block: no 8x copy of its weights
+    else:
+        subs = [copy.deepcopy(subblock) for _ in range(s.stack)]
+        with torch.no_grad():  # distinct values per copy: exporters merge identical initialisers,
+            for i, sub in enumerate(subs):  # and shared weights would stay in cache across copies
+                for param in sub.parameters():
+                    param.mul_(1.0 + 1e-3 * (i + 1))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(s.batch, s.tokens, shape.hidden_size, generator=gen).to(dtype)
     pasts = _kv_inputs(subs, s, shape.head_dim, dtype)
