@@ -250,20 +250,12 @@ def adapter_from_hf(hf_model) -> BlockModel:
     layers = []
     for hf_layer in inner.layers:
         rotary = Rotary(rotary_hf.inv_freq, getattr(rotary_hf, "attention_scaling", 1.0))
-        attn = GQAttention(
-            shape.hidden_size,
-            shape.num_heads,
-            shape.num_kv_heads,
-            shape.head_dim,
-            shape.attention_bias,
-            rotary,
-            eps,
-        )
+        with torch.device("meta"):  # no memory and no init: every weight is the HF model's
+            attn, ffn = _empty_subblocks(shape, config, eps, rotary)
         hf_attn = hf_layer.self_attn
         attn.input_layernorm.weight = hf_layer.input_layernorm.weight
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             _share_linear(getattr(attn, name), getattr(hf_attn, name), name)
-        ffn = GatedFFN(shape.hidden_size, shape.intermediate_size, config.hidden_act, eps)
         ffn.post_attention_layernorm.weight = hf_layer.post_attention_layernorm.weight
         for name in ("gate_proj", "up_proj", "down_proj"):
             _share_linear(getattr(ffn, name), getattr(hf_layer.mlp, name), name)
@@ -272,6 +264,19 @@ def adapter_from_hf(hf_model) -> BlockModel:
     norm.weight = inner.norm.weight
     adapter = BlockModel(shape, inner.embed_tokens, layers, norm, hf_model.lm_head)
     return adapter.to(hf_model.dtype)
+
+
+def _empty_subblocks(shape: ModelShape, config, eps: float, rotary: Rotary):
+    attn = GQAttention(
+        shape.hidden_size,
+        shape.num_heads,
+        shape.num_kv_heads,
+        shape.head_dim,
+        shape.attention_bias,
+        rotary,
+        eps,
+    )
+    return attn, GatedFFN(shape.hidden_size, shape.intermediate_size, config.hidden_act, eps)
 
 
 def _share_linear(ours: torch.nn.Linear, theirs: torch.nn.Linear, name: str) -> None:
