@@ -67,7 +67,7 @@ PRECISION = {"float32": "fp32", "bfloat16": "bf16"}
 def spec_for(source: str, dtype: str, layers: int) -> dict:
     """The reduced spec of one row: variants in the first and the middle layer only."""
     spec = json.loads(json.dumps(SPEC))
-    spec["name"] = f"scale-{source.removeprefix('random:')}-{dtype}"
+    spec["name"] = f"scale-{Path(source.removeprefix('random:')).name}-{dtype}"
     spec["model"] = {"source": source, "dtype": dtype}
     spec["space"]["layers"] = [0, layers // 2]
     spec["hardware"]["measure"]["precision"] = PRECISION[dtype]
@@ -87,7 +87,7 @@ def prepare(source: str, dtype: str) -> tuple[int, float]:
         random_parent_folder(source, getattr(torch, dtype), cache_dir())
         layers = json.loads(config_path(source).read_text())["num_hidden_layers"]
         return layers, time.perf_counter() - t0
-    folder = ensure_default_folder(source)
+    folder = Path(source) if Path(source).is_dir() else ensure_default_folder(source)
     return json.loads((folder / "config.json").read_text())["num_hidden_layers"], 0.0
 
 
