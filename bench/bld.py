@@ -36,10 +36,15 @@ from bench._report import write_table  # noqa: E402
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process and its descendants in a thread."""
+    """Samples the summed RSS of this process and its descendants in a thread.
 
-    def __init__(self, every_s: float = 0.25):
+    With ``label`` (called at each sample, e.g. the job's current stage), ``peaks`` also keeps
+    the peak per label.
+    """
+
+    def __init__(self, every_s: float = 0.25, label=None):
         self.every_s, self.peak, self.peak_procs = every_s, 0, 0
+        self.label, self.peaks = label, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -55,6 +60,9 @@ class PeakRSS:
                     pass
             if total > self.peak:
                 self.peak, self.peak_procs = total, procs
+            if self.label is not None:
+                key = self.label()
+                self.peaks[key] = max(self.peaks.get(key, 0), total)
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> PeakRSS:

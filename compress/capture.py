@@ -6,7 +6,8 @@ One pass of a ``BlockModel`` over token sequences (N, S) records, for every laye
 - ``L{l:03d}.attn.npy`` the attention subblock's output (its delta),
 - ``L{l:03d}.ffn.npy``  the FFN subblock's output (its delta); the FFN's input is ``x + attn``,
 
-each an (N * S, hidden) ``.npy`` array (float32, or float16 to halve the disk), rows in
+each an (N * S, hidden) ``.npy`` array at the run dtype (float32, float16, or bfloat16 kept
+as its raw 16-bit words, ``<u2``, since numpy has no bfloat16), rows in
 sequence order (row ``n * S + s`` is token ``s`` of sequence ``n``). Arrays are written with
 plain sequential file writes (nothing but one batch is held in RAM) into a temporary folder
 that is renamed into place after ``meta.json``, so a folder that exists is complete; a resumed
@@ -29,7 +30,7 @@ import torch
 from compress.errors import UserError
 
 ARRAYS = ("x", "attn", "ffn")
-_DTYPES = {"float32": np.float32, "float16": np.float16}
+_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 META = "meta.json"
 
 
@@ -114,9 +115,7 @@ def capture(
                 handles[layer, name] = fh
 
         def write(layer: int, name: str, t: torch.Tensor) -> None:
-            handles[layer, name].write(
-                t.reshape(-1, hidden).float().numpy().astype(np_dtype).tobytes()
-            )
+            handles[layer, name].write(memoryview(to_numpy(t.reshape(-1, hidden), dtype)))
 
         for start in range(0, n, batch_size):
             x = adapter.embed(ids[start : start + batch_size])  # (B, S, hidden)
@@ -144,6 +143,21 @@ def capture(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
+    """``t`` as a C-contiguous numpy array stored at ``dtype`` (bfloat16 as raw ``uint16``)."""
+    if dtype == "bfloat16":
+        return t.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+    return t.detach().to(getattr(torch, dtype)).contiguous().numpy()
+
+
+def to_float32(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """A float32 tensor (a copy) of rows read from an array stored by ``to_numpy``."""
+    if dtype == "bfloat16":
+        words = torch.from_numpy(np.array(array, dtype=np.uint16).view(np.int16))
+        return words.view(torch.bfloat16).float()
+    return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
 class Activations:
@@ -190,14 +204,13 @@ class Activations:
         Only those rows are read. Attention: (x, attn). FFN: (x + attn, ffn), summed in float32
         exactly as the model's residual stream is.
         """
-        rows = slice(start, stop)
-        x = torch.from_numpy(np.array(self.array(layer, "x")[rows], dtype=np.float32))
-        attn = torch.from_numpy(np.array(self.array(layer, "attn")[rows], dtype=np.float32))
+        rows, dtype = slice(start, stop), self.meta.dtype
+        x = to_float32(self.array(layer, "x")[rows], dtype)
+        attn = to_float32(self.array(layer, "attn")[rows], dtype)
         if kind == "attention":
             return x, attn
         if kind == "ffn":
-            ffn = torch.from_numpy(np.array(self.array(layer, "ffn")[rows], dtype=np.float32))
-            return x + attn, ffn
+            return x + attn, to_float32(self.array(layer, "ffn")[rows], dtype)
         raise ValueError(f"subblock kind must be 'attention' or 'ffn', got {kind!r}")
 
     def sequences(

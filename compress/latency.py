@@ -54,7 +54,7 @@ from compress.profile import (
     missing_variants,
     save_profile,
 )
-from compress.student import assemble_student
+from compress.student import assemble_student, data_free_loader
 from compress.variants import VariantSpec
 
 Report = Callable[[str], None]
@@ -138,8 +138,9 @@ def measure_all(
     }
     for spec in variants:
         graphs[str(spec)] = _variant_graph(parent_model, spec, s)
+    built: dict = {}  # (layer, variant) -> module, shared by the students (timing only)
     for i, choice in enumerate(students):
-        graphs[f"__student{i}__"] = whole_graph(assemble(parent_model, choice), s)
+        graphs[f"__student{i}__"] = whole_graph(assemble(parent_model, choice, built), s)
     t0 = time.perf_counter()
     times = time_graphs(backend, graphs, s)
     empty = np.asarray(times.pop("__empty__"))
@@ -165,10 +166,22 @@ def measure_all(
 
 
 # --- whole students ---------------------------------------------------------------------------
-def assemble(parent_model: BlockModel, choices: list[list[str]]) -> BlockModel:
+def assemble(
+    parent_model: BlockModel, choices: list[list[str]], built: dict | None = None
+) -> BlockModel:
     """A student sharing the parent's unchanged parameters, every other choice built data-free
-    (fine for latency, not for quality)."""
-    return assemble_student(parent_model, choices, share_parent=True).eval()
+    (fine for latency, not for quality). ``built`` caches the built modules by (layer, variant)
+    across students that are only timed, so a profile holds one copy of each block."""
+    build = data_free_loader(parent_model)
+    if built is not None:
+
+        def build(layer, spec, _build=build):
+            key = (layer, str(spec))
+            if key not in built:
+                built[key] = _build(layer, spec)
+            return built[key]
+
+    return assemble_student(parent_model, choices, build, share_parent=True).eval()
 
 
 def random_students(profile: HardwareProfile, count: int, seed: int) -> list[list[list[str]]]:

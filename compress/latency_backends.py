@@ -140,14 +140,24 @@ def _kv_inputs(subblocks, s: MeasureSettings, head_dim: int, dtype) -> dict[str,
     return out
 
 
+# a subblock this large cannot stay cached from one copy of a stack to the next on today's
+# hardware (an EPYC L3 slice is 32 MB, an H100's L2 50 MB): its stack repeats one copy
+UNCACHEABLE_BYTES = 64 * 2**20
+
+
 def stack_graph(subblock: nn.Module | None, s: MeasureSettings, shape, dtype) -> Graph:
     """``stack`` deep copies of ``subblock`` with slightly different weights (None: the empty
-    stack, the run overhead)."""
-    subs = [] if subblock is None else [copy.deepcopy(subblock) for _ in range(s.stack)]
-    with torch.no_grad():  # distinct values per copy: exporters merge identical initialisers,
-        for i, sub in enumerate(subs):  # and shared weights would stay in cache across copies
-            for param in sub.parameters():
-                param.mul_(1.0 + 1e-3 * (i + 1))
+    stack, the run overhead); one copy repeated when it is ``UNCACHEABLE_BYTES`` or larger."""
+    if subblock is None:
+        subs = []
+    elif sum(p.numel() * p.element_size() for p in subblock.parameters()) >= UNCACHEABLE_BYTES:
+        subs = [subblock] * s.stack  # a real model's big block: no 8x copy of its weights
+    else:
+        subs = [copy.deepcopy(subblock) for _ in range(s.stack)]
+        with torch.no_grad():  # distinct values per copy: exporters merge identical initialisers,
+            for i, sub in enumerate(subs):  # and shared weights would stay in cache across copies
+                for param in sub.parameters():
+                    param.mul_(1.0 + 1e-3 * (i + 1))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(s.batch, s.tokens, shape.hidden_size, generator=gen).to(dtype)
     pasts = _kv_inputs(subs, s, shape.head_dim, dtype)
@@ -168,6 +178,14 @@ def whole_graph(model: BlockModel, s: MeasureSettings) -> Graph:
     pasts = _kv_inputs(attns, s, model.shape.head_dim, dtype)
     outputs = ["logits"] + [n.replace("past_", "present_") for n in pasts]
     return Graph(_Whole(model, s.phase == "decode").eval(), {"ids": ids, **pasts}, outputs)
+
+
+def in_float32(graph: Graph) -> Graph:
+    """``graph`` itself when its module is float32, else a float32 copy (module and inputs)."""
+    if all(p.dtype == torch.float32 for p in graph.module.parameters()):
+        return graph
+    inputs = {k: v.float() if v.is_floating_point() else v for k, v in graph.inputs.items()}
+    return Graph(copy.deepcopy(graph.module).float(), inputs, graph.outputs)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -224,6 +242,7 @@ class OnnxRuntimeCPU:
         return cpu_name()
 
     def prepare(self, graph: Graph, workdir: Path) -> Callable[[], float]:
+        graph = in_float32(graph)  # a bfloat16/float16 run's model is timed at the profile's fp32
         path = export_onnx(graph, workdir / f"g{len(list(workdir.iterdir()))}.onnx")
         so = self.ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
@@ -267,7 +286,11 @@ class TorchBackend:
 
     def prepare(self, graph: Graph, workdir: Path) -> Callable[[], float]:
         dev = "cuda" if self.cuda else "cpu"
-        module = copy.deepcopy(graph.module).to(dev, self.dtype).eval()
+        params = list(graph.module.parameters())
+        if all(p.device.type == dev and p.dtype == self.dtype for p in params):
+            module = graph.module.eval()  # already as timed: no copy of a whole student
+        else:
+            module = copy.deepcopy(graph.module).to(dev, self.dtype).eval()
         inputs = [
             t.to(dev, self.dtype) if t.is_floating_point() else t.to(dev)
             for t in graph.inputs.values()
@@ -311,6 +334,7 @@ class TensorRT:
         return self.trt.device()
 
     def prepare(self, graph: Graph, workdir: Path) -> Callable[[], float]:
+        graph = in_float32(graph)  # a bfloat16/float16 run's model is timed at the profile's fp32
         path = export_onnx(graph, workdir / f"g{len(list(workdir.iterdir()))}.onnx")
         return self.trt.prepare(path, graph.inputs)
 

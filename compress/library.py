@@ -1,7 +1,7 @@
 """The block library on disk: one trained variant = one ``.safetensors`` + one ``.json`` record.
 
 Layout (``results/<job>/library/``): ``L{layer:03d}__{canonical spec, ':' -> '__'}`` with the
-suffixes ``.safetensors`` (the module's state dict, float32) and ``.json`` (its BLD record).
+suffixes ``.safetensors`` (the module's state dict, at the run dtype) and ``.json`` (its BLD record).
 Both are written atomically, weights first, so a record that exists means a complete variant.
 Parent and no-op variants need no file: ``load_variant`` rebuilds them from the parent.
 """
@@ -50,7 +50,7 @@ def save_variant(
     """Write the module's weights then its record (with ``layer``/``variant``/``file`` set);
     returns the record's path."""
     weights, record_path = variant_paths(library_dir, layer, spec)
-    state = {k: v.detach().float().contiguous().clone() for k, v in module.state_dict().items()}
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     full = {**record, "layer": layer, "kind": spec.kind, "variant": str(spec), "file": weights.name}
     atomic_write_json(record_path, full)

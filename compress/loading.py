@@ -1,4 +1,8 @@
-"""Loading a parent: a HuggingFace folder, a GGUF file, or the named default ``smollm2-135m``.
+"""Loading a parent: a HuggingFace folder, a GGUF file, the named default ``smollm2-135m``, or a
+random-weight parent of a real shape (``random:NAME``, ``compress.random_parent``).
+
+Safetensors weights whose dtype is the run dtype are memory-mapped, not copied: a page of
+weights is read from disk when first used and shared with every process mapping the file.
 
 ``load_parent(source)`` returns a ``Parent``: the HuggingFace model, its tokenizer and the
 layer adapter (a ``BlockModel`` sharing the HF model's parameters, no copy).
@@ -20,11 +24,13 @@ import torch
 from compress.blocks import GatedFFN, GQAttention, Rotary
 from compress.errors import ModelLoadError, UnsupportedArchitecture
 from compress.model import BlockModel, Layer
+from compress.random_parent import is_random, random_parent_folder
 from compress.shape import DEFAULT_MODELS, SUPPORTED_MODEL_TYPES, ModelShape
 
 SUPPORTED = (
     f"supported: model types {', '.join(SUPPORTED_MODEL_TYPES)} (SmolLM is llama) from a "
-    f"HuggingFace folder or a GGUF file, or the named default {', '.join(DEFAULT_MODELS)}"
+    f"HuggingFace folder or a GGUF file, the named default {', '.join(DEFAULT_MODELS)}, or "
+    "random:NAME (random weights of a shipped config's shape) / random:CONFIG.json"
 )
 
 
@@ -34,10 +40,18 @@ class Parent:
     tokenizer: object
     adapter: BlockModel
     source: str
+    weights_dir: Path | None = None  # the folder whose safetensors may be memory-mapped
 
     @property
     def shape(self) -> ModelShape:
         return self.adapter.shape
+
+    def release(self) -> int:
+        """Hand the memory-mapped weights' resident pages back (``compress.memory``): call
+        between stages; the next forward pass reads them again. Returns bytes advised."""
+        from compress.memory import release_file_pages
+
+        return release_file_pages(self.weights_dir)
 
 
 def cache_dir() -> Path:
@@ -48,8 +62,13 @@ def cache_dir() -> Path:
 def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Parent:
     """Load a parent model from ``source``; raises ``ModelLoadError``/``UnsupportedArchitecture``."""
     source = str(source)
-    if source in DEFAULT_MODELS:
+    folder = None
+    if is_random(source):  # written once at ``dtype``, then memory-mapped like any folder
+        folder = random_parent_folder(source, dtype, cache_dir())
+        hf_model, tokenizer = _load_hf_dir(folder, dtype)
+    elif source in DEFAULT_MODELS:
         hf_model, tokenizer = _load_default(source, dtype)
+        folder = cache_dir() / source
     else:
         path = Path(source)
         if not path.exists():
@@ -58,6 +77,7 @@ def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
             hf_model, tokenizer = _load_gguf(path, dtype)
         elif path.is_dir():
             hf_model, tokenizer = _load_hf_dir(path, dtype)
+            folder = path
         else:
             raise ModelLoadError(
                 f"model source {source!r} is neither a folder nor a .gguf file; {SUPPORTED}"
@@ -65,7 +85,7 @@ def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
     hf_model.eval()
     adapter = adapter_from_hf(hf_model)
     adapter.eval()
-    return Parent(hf_model=hf_model, tokenizer=tokenizer, adapter=adapter, source=source)
+    return Parent(hf_model, tokenizer, adapter, source, folder)
 
 
 def _check_config(config, where: str) -> None:
@@ -159,6 +179,14 @@ def _gguf_progress():
             gguf_utils.tqdm = original
 
 
+def ensure_default_folder(name: str) -> Path:
+    """The HF folder of the named default under ``cache_dir()``, converted first if needed."""
+    folder = cache_dir() / name
+    if not (folder / "config.json").exists():
+        del _load_default(name, torch.float32)[0]  # converts and saves the folder
+    return folder
+
+
 def _load_default(name: str, dtype: torch.dtype):
     """A named default: converted once from its GGUF to a HF folder under ``cache_dir()``."""
     folder = cache_dir() / name
@@ -222,20 +250,12 @@ def adapter_from_hf(hf_model) -> BlockModel:
     layers = []
     for hf_layer in inner.layers:
         rotary = Rotary(rotary_hf.inv_freq, getattr(rotary_hf, "attention_scaling", 1.0))
-        attn = GQAttention(
-            shape.hidden_size,
-            shape.num_heads,
-            shape.num_kv_heads,
-            shape.head_dim,
-            shape.attention_bias,
-            rotary,
-            eps,
-        )
+        with torch.device("meta"):  # no memory and no init: every weight is the HF model's
+            attn, ffn = _empty_subblocks(shape, config, eps, rotary)
         hf_attn = hf_layer.self_attn
         attn.input_layernorm.weight = hf_layer.input_layernorm.weight
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             _share_linear(getattr(attn, name), getattr(hf_attn, name), name)
-        ffn = GatedFFN(shape.hidden_size, shape.intermediate_size, config.hidden_act, eps)
         ffn.post_attention_layernorm.weight = hf_layer.post_attention_layernorm.weight
         for name in ("gate_proj", "up_proj", "down_proj"):
             _share_linear(getattr(ffn, name), getattr(hf_layer.mlp, name), name)
@@ -244,6 +264,19 @@ def adapter_from_hf(hf_model) -> BlockModel:
     norm.weight = inner.norm.weight
     adapter = BlockModel(shape, inner.embed_tokens, layers, norm, hf_model.lm_head)
     return adapter.to(hf_model.dtype)
+
+
+def _empty_subblocks(shape: ModelShape, config, eps: float, rotary: Rotary):
+    attn = GQAttention(
+        shape.hidden_size,
+        shape.num_heads,
+        shape.num_kv_heads,
+        shape.head_dim,
+        shape.attention_bias,
+        rotary,
+        eps,
+    )
+    return attn, GatedFFN(shape.hidden_size, shape.intermediate_size, config.hidden_act, eps)
 
 
 def _share_linear(ours: torch.nn.Linear, theirs: torch.nn.Linear, name: str) -> None:

@@ -56,6 +56,18 @@ def space_variants(spec: SearchSpec, shape) -> tuple[list[VariantSpec], list[Var
         raise SpecError(str(exc)) from None
 
 
+def searched_layers(spec: SearchSpec, shape) -> list[int]:
+    """``space.layers`` (checked against the parent), else every layer."""
+    from nas.errors import SpecError
+
+    layers = spec.space.layers
+    if layers is None:
+        return list(range(shape.num_layers))
+    if max(layers) >= shape.num_layers or min(layers) < 0:
+        raise SpecError(f"space.layers: {layers} are not all in 0..{shape.num_layers - 1}")
+    return sorted(set(layers))
+
+
 def planned_variants(
     spec: SearchSpec, shape, kept: dict | None = None
 ) -> list[tuple[int, VariantSpec]]:
@@ -66,7 +78,7 @@ def planned_variants(
     attention, ffn = space_variants(spec, shape)
     return [
         (layer, v)
-        for layer in range(shape.num_layers)
+        for layer in searched_layers(spec, shape)
         for v in attention + ffn
         if v.trainable and (kept is None or str(v) in kept[f"{layer}:{v.kind}"])
     ]
@@ -120,7 +132,7 @@ def stage_capture(
         report("[capture] done before")
         return Captured(train_dir, heldout_dir, n_train * seq_len, n_held * seq_len)
     t0 = time.perf_counter()
-    dtype = spec.bld.activation_dtype
+    dtype = spec.bld.activation_dtype or spec.model.dtype  # activations at the run dtype
     with progress("[capture] parent activations", n_train + n_held) as bar:
         train_meta = capture(
             adapter,
@@ -196,7 +208,8 @@ def _train_one(
     )
     record.update(worker_pid=os.getpid(), activations_from=train_dir)
     out = output_folder(library_dir)
-    save_variant(out, layer, spec, module, record)
+    # trained with float32 master weights; kept at the run dtype (the parent subblock's)
+    save_variant(out, layer, spec, module.to(next(parent.parameters()).dtype), record)
     publish(out, library_dir, [weights.name, record_path.name])
     return record
 
@@ -246,7 +259,7 @@ def stage_bld(
     report(f"[bld] {len(planned)} variants: {skipped} in the library already, training {len(todo)}")
     if todo:
         _run_on_ray(
-            spec, store, prepared.parent.adapter, captured, library_dir, todo, skipped, len(planned)
+            spec, store, prepared.parent, captured, library_dir, todo, skipped, len(planned)
         )
     wall = time.perf_counter() - t0
     complete = len(todo) == len(missing)
@@ -282,7 +295,7 @@ def stage_bld(
 def _run_on_ray(
     spec: SearchSpec,
     store: JobStore,
-    adapter,
+    parent,
     captured: Captured,
     library_dir: Path,
     todo: list[tuple[int, VariantSpec]],
@@ -290,7 +303,8 @@ def _run_on_ray(
     total: int,
 ) -> None:
 
-    parents = _save_parent_blocks(store, adapter, {(layer, v.kind) for layer, v in todo})
+    parents = _save_parent_blocks(store, parent.adapter, {(layer, v.kind) for layer, v in todo})
+    parent.release()  # tasks read their subblocks from files; the driver waits
     store.push()  # object storage: the parent subblocks and activations go up before any task
     config = bld_config(spec).to_dict()
     _connect_ray(spec)

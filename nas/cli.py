@@ -120,6 +120,8 @@ def _print_front(job_id: str, frame) -> None:
         caption += "; meas. KL/perplexity: calibration eval split"
     if meta.get("eval_sets"):
         caption += "; X@SET: eval set SET (" + ", ".join(meta["eval_sets"]) + ")"
+    if meta.get("quality_note"):
+        caption = f"{meta['quality_note'].upper()}; {caption}"
     table = Table(title=f"Pareto front of {job_id} ({len(frame)} points)", caption=caption)
     for i, name in enumerate(header):
         table.add_column(name, no_wrap=i == 0, justify="left" if i < 2 else "right")

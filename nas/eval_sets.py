@@ -36,17 +36,23 @@ def measured_set_values(name: str, quality: dict) -> dict:
 
 
 def front_meta_fields(spec) -> dict:
-    """``eval_sets`` and ``objective_kl_source`` of a spec (``nas.spec.SearchSpec``)."""
+    """``eval_sets`` and ``objective_kl_source`` of a spec (``nas.spec.SearchSpec``), and
+    ``quality_note`` when its parent has random weights (its quality figures mean nothing)."""
     from compress.sources import describe
 
     mix = ", ".join(
         f"{describe(s)} {s.weight / sum(x.weight for x in spec.data.sources):.0%}"
         for s in spec.data.sources
     )
-    return {
+    from compress.random_parent import RANDOM_LABEL, is_random
+
+    fields = {
         "eval_sets": [s.name for s in spec.eval.sets],
         "objective_kl_source": f"calibration eval split ({mix})",
     }
+    if is_random(spec.model.source):  # shown wherever the front's quality figures are
+        fields["quality_note"] = f"parent {spec.model.source}: {RANDOM_LABEL}"
+    return fields
 
 
 def with_parent_row(frame: pd.DataFrame) -> pd.DataFrame:

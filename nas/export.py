@@ -109,7 +109,10 @@ def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: 
 
     choices = point_choices(point)
     student = assemble_student(
-        parent.adapter, choices, library_loader(store.library, parent.adapter)
+        parent.adapter,
+        choices,
+        library_loader(store.library, parent.adapter),
+        share_parent=spec.export.gkd is None,  # not trained: the parent's weights, not a copy
     ).eval()
     record = None
     if spec.export.gkd is not None:
@@ -149,6 +152,8 @@ def parent_point(num_layers: int) -> dict:
 
 
 def default_precision(spec: SearchSpec) -> str:
+    if spec.export.precision is not None:
+        return spec.export.precision
     return spec.hardware.measure.precision if spec.hardware.measure is not None else "fp32"
 
 
@@ -294,8 +299,6 @@ def export_student(
     mark it finished (``nas_export.json``); returns what the export reported."""
     import copy
 
-    import torch
-
     from compress.export.hf import precision_dtype
 
     (out / MARKER).unlink(missing_ok=True)
@@ -308,7 +311,7 @@ def export_student(
 
         summary["hf"] = export_hf(
             student, out, choices, parent.tokenizer, parent_config, spec.model.source,
-            precision, prompt_ids=prompt,
+            precision, prompt_ids=prompt, release=parent.release,
         )  # fmt: skip
         report(f"[export] transformers parity: {summary['hf']['parity']['summary']}")
     elif fmt == "onnx":
@@ -316,7 +319,8 @@ def export_student(
         from compress.export_onnx import ExportError, export_onnx
 
         dtype = precision_dtype(precision)
-        model = student if dtype == torch.float32 else copy.deepcopy(student).to(dtype)
+        same = student.norm.weight.dtype == dtype
+        model = student if same else copy.deepcopy(student).to(dtype)
         result = export_onnx(model, out, prompt_ids=prompt, exporter=spec.export.exporter)
         summary["parity"] = result.parity
         report(f"[export] ONNX parity: {result.parity['summary']}")

@@ -134,7 +134,8 @@ def figure_data(
     metric = x.removeprefix("predicted_")
     fig = Figure(
         x_label=AXIS_LABELS.get(metric, metric),
-        title=f"{len(frame)} points"
+        title=(f"{meta['quality_note'].upper()}\n" if meta.get("quality_note") else "")
+        + f"{len(frame)} points"
         + (f"; measured: {measured_on}" if measured_on else "")
         + (
             f"; predicted KL from {meta['objective_kl_source']}"

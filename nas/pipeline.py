@@ -14,6 +14,7 @@ from nas.baseline_stage import stage_baseline
 from nas.bld_stage import stage_bld, stage_capture
 from nas.driver import driver_lease
 from nas.errors import JobError
+from nas.ray_runtime import stop_local_ray
 from nas.rerank_stage import stage_rerank
 from nas.scoring_stage import stage_scoring
 from nas.selection_stage import stage_selection
@@ -50,12 +51,14 @@ def _run_stages(spec: SearchSpec, store: JobStore, report: Report, until: str | 
     try:
         with timer("baseline"):
             prepared = stage_baseline(spec, store, report)
+            timer.parent = prepared.parent
         with timer("capture"):
             captured = stage_capture(spec, store, prepared, report)
         with timer("bld"):
             library = stage_bld(spec, store, prepared, captured, report)
         with timer("scoring"):
             stage_scoring(spec, store, prepared, library, report)
+        stop_local_ray()  # the stages after scoring run in this process
         with timer("selection"):
             selection = stage_selection(spec, store, prepared, report)
         with timer("rerank"):
@@ -91,6 +94,7 @@ class _StageTimer:
         self.store = store
         self.until = until
         self.seconds = dict(store.manifest().get("stage_seconds", {}))
+        self.parent = None  # set once loaded: its mapped weights are released after each stage
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
@@ -100,6 +104,8 @@ class _StageTimer:
         try:
             yield
         finally:
+            if self.parent is not None:
+                self.parent.release()  # the next stage reads the layers it runs again
             if not done_before:
                 spent = time.perf_counter() - t0
                 self.seconds[stage] = round(float(self.seconds.get(stage, 0.0)) + spent, 2)

@@ -16,6 +16,26 @@ START_ATTEMPTS = 3  # a local Ray start that times out (a loaded machine) is tri
 SLOW_START_TIMEOUT_S = "180"  # GCS request timeout for the retries (Ray's default: 60 s)
 
 
+_LOCAL = {"started": False}  # whether this process started the Ray it is connected to
+
+
+def stop_local_ray() -> bool:
+    """Shut down the Ray this process started on this machine (its raylet, GCS and idle
+    workers hold memory the later, Ray-free stages need); a cluster is left alone. A later
+    ``ensure_ray`` starts a fresh one. Returns whether Ray was stopped."""
+    import sys
+
+    if not _LOCAL["started"] or "ray" not in sys.modules:
+        return False
+    import ray
+
+    _LOCAL["started"] = False
+    if not ray.is_initialized():
+        return False
+    ray.shutdown()
+    return True
+
+
 def ensure_ray(ray_section=None) -> None:
     """Initialise Ray once per process; no-op when already initialised.
 
@@ -42,6 +62,7 @@ def ensure_ray(ray_section=None) -> None:
     for attempt in range(START_ATTEMPTS):
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False, **common)
+            _LOCAL["started"] = True
             return
         except Exception as exc:
             last = explain(exc)

@@ -73,11 +73,17 @@ def read_scores(job_dir: str | Path) -> list[dict]:
 def variants_to_score(spec: SearchSpec, shape, library_dir: Path) -> list[tuple[int, VariantSpec]]:
     """(layer, variant) pairs: the library's trained variants + the space's parent/noop ones."""
     from compress.library import read_records
-    from nas.bld_stage import space_variants
+    from nas.bld_stage import searched_layers, space_variants
 
     attention, ffn = space_variants(spec, shape)
     free = [v for v in attention + ffn if not v.trainable]
-    pairs = {(layer, v) for layer in range(shape.num_layers) for v in free}
+    searched = set(searched_layers(spec, shape))  # elsewhere only the parent's subblocks
+    pairs = {
+        (layer, v)
+        for layer in range(shape.num_layers)
+        for v in free
+        if layer in searched or v.is_parent
+    }
     if library_dir.exists():
         for record in read_records(library_dir):
             pairs.add((int(record["layer"]), VariantSpec.parse(record["variant"])))
@@ -123,6 +129,7 @@ def stage_scoring(
         cache_dir = store.scoring_cache
         ActivationCache.build(parent.adapter, tokens, spec.scoring.batch_size, folder=cache_dir)
         store.push()  # object storage: the cache goes up before the tasks read it
+        parent.release()  # the driver waits while the tasks run; its weights need not stay
         _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report, len(pairs))
         store.pull_folder(scores_dir)  # what the tasks published
     wall_s = time.perf_counter() - t0
@@ -159,7 +166,7 @@ def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report,
             variants,
             spec.scoring.batch_size,
         ): layer
-        for layer, variants in sorted(pending.items())
+        for layer, variants in _interleaved(sorted(pending.items()))
     }
     done = total - sum(len(v) for v in pending.values())
     with progress("[scoring] variants", total, completed=done) as bar:
@@ -167,6 +174,17 @@ def _run_tasks(spec, store, pending, cache_dir, library_dir, scores_dir, report,
             done += len(written)
             store.set_progress("scoring", done, total)
             bar.update(done)
+
+
+def _interleaved(items: list) -> list:
+    """First, last, second, second-to-last...: a task of layer l runs layers l.. of the parent,
+    so tasks running side by side hold about one parent's layers between them, not two."""
+    out = []
+    while items:
+        out.append(items.pop(0))
+        if items:
+            out.append(items.pop())
+    return out
 
 
 _PARENTS: dict = {}
@@ -226,6 +244,7 @@ def score_layer(
         atomic_write_json(out / score_file_name(layer, text), {**record, **scores.to_dict()})
         written.append(text)
     publish(out, scores_dir, [score_file_name(layer, text) for text in written])
+    parent.release()  # the worker keeps the parent mapped, not resident, between tasks
     return written
 
 

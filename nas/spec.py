@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compress import random_parent
 from compress.errors import read_user_file
 from compress.shape import DEFAULT_MODELS
 from nas.errors import SpecError
@@ -144,6 +145,7 @@ class SpaceSection(_Section):
     attention: list[str | int] = Field(default_factory=lambda: ["parent", "noop"])
     ffn: list[str | int | float] = Field(default_factory=lambda: ["parent", 0.5, "noop"])
     prefilter: PrefilterSection | None = None
+    layers: list[int] | None = Field(None, min_length=1, description="layers with variants (all)")
 
 
 class BLDSection(_Section):
@@ -155,9 +157,8 @@ class BLDSection(_Section):
     seed: int = 0
     init_tokens: int = Field(2048, gt=0, description="train tokens used to initialise variants")
     eval_tokens: int = Field(2048, gt=0, description="eval-split tokens nMSE is measured on")
-    activation_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="dtype of the captured activations on disk"
-    )
+    # dtype of the captured activations on disk (default: model.dtype)
+    activation_dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
 
 class ScoringSection(_Section):
@@ -329,7 +330,9 @@ class StrategySection(_Section):
     def _layer_keys(cls, value):
         """JSON keys are strings: ``{"3": [...]}`` names layer 3 as ``{3: [...]}`` does."""
         if isinstance(value, dict):
-            return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
+            return {
+                int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()
+            }
         return value
 
 
@@ -344,6 +347,7 @@ class ExportSection(_Section):
     formats: list[Literal["onnx", "tensorrt", "hf"]] = Field(default_factory=lambda: ["onnx"])
     points: Literal["front", "none"] = "front"
     measure: bool = True
+    precision: Literal["fp32", "fp16", "bf16"] | None = None  # else measure's precision or fp32
     gkd: GKDSection | None = None
     eval_tokens: int | None = Field(
         None, gt=0, description="eval-split tokens for measured quality (default: all)"
@@ -460,7 +464,11 @@ def _resolve_source(source, base: Path, where: str, origin: str):
 
 def _resolve_paths(spec: SearchSpec, base: Path, origin: str) -> SearchSpec:
     model_source = spec.model.source
-    if model_source not in DEFAULT_MODELS:
+    if model_source.startswith(random_parent.PREFIX):  # a shipped config's name, else a config file
+        name = model_source.removeprefix(random_parent.PREFIX)
+        if name not in random_parent.shipped_configs():
+            model_source = random_parent.PREFIX + _resolve(base, name)
+    elif model_source not in DEFAULT_MODELS:
         model_source = _resolve(base, model_source)
         if not Path(model_source).exists():
             raise SpecError(

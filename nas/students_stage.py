@@ -139,9 +139,9 @@ def _record_parent(store: JobStore, measured: dict) -> None:
 
 
 def _export(spec: SearchSpec, store, student, parent, point, folder, report) -> list[str]:
-    from nas.export import export_student
+    from nas.export import default_precision, export_student
 
-    precision = spec.hardware.measure.precision if spec.hardware.measure else "fp32"
+    precision = default_precision(spec)
     for fmt in spec.export.formats:
         export_student(store, spec, parent, student, point, fmt, folder / fmt, precision, report)
     return list(spec.export.formats)

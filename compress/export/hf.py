@@ -138,8 +138,10 @@ def export_hf(
     precision: str = "fp32",
     parity: bool = True,
     prompt_ids: torch.Tensor | None = None,
+    release=None,
 ) -> dict:
     """Write ``model`` as a transformers folder in ``precision``; returns a summary record.
+    ``release``: see ``hf_parity``.
 
     ``parent_config``: the parent's HF config as a dict (its fields are copied; without it
     the folder is always the ``nas_llm`` layout). With ``parity``, loads the folder with
@@ -151,7 +153,9 @@ def export_hf(
 
     out = Path(out_dir)
     dtype = precision_dtype(precision)
-    model = copy.deepcopy(model).to(dtype).eval()
+    if model.embed_tokens.weight.dtype != dtype:  # else the model as it is: no copy
+        model = copy.deepcopy(model).to(dtype)
+    model = model.eval()
     specs = normalize_choices(choices, model.shape) if choices else infer_choices(model)
     config = hf_config_for(model, specs, parent_config, dtype)
     remote = config["model_type"] == MODEL_TYPE
@@ -173,30 +177,38 @@ def export_hf(
     record = {"layout": "nas_llm (remote code)" if remote else config["architectures"][0]}
     record["precision"] = precision
     if parity:
-        record["parity"] = hf_parity(model, out, prompt_ids)
+        record["parity"] = hf_parity(model, out, prompt_ids, release=release)
         if not record["parity"]["passed"]:
             raise ExportError(f"transformers parity failed in {out}: {record['parity']['summary']}")
     return record
 
 
-def hf_parity(model: BlockModel, folder: Path, prompt_ids=None, tokens: int = 32) -> dict:
+def hf_parity(
+    model: BlockModel, folder: Path, prompt_ids=None, tokens: int = 32, release=None
+) -> dict:
     """Load ``folder`` with transformers here and compare it with ``model``; writes and
-    returns ``parity.json`` (max logit difference, greedy tokens with the KV cache)."""
+    returns ``parity.json`` (max logit difference, greedy tokens with the KV cache).
+    ``release`` (e.g. ``Parent.release``) is called once ``model``'s outputs are computed, so
+    its memory-mapped weights and the loaded folder's are not resident at the same time."""
     from transformers import AutoModelForCausalLM
 
     from compress.export.parity import greedy_verdict, parity_limits
 
     dtype = model.embed_tokens.weight.dtype
-    hf = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
     if prompt_ids is None:
         gen = torch.Generator().manual_seed(0)
         prompt_ids = torch.randint(0, model.shape.vocab_size, (1, 16), generator=gen)
     prompt_ids = prompt_ids[:1].long()
     with torch.no_grad():
         ref = model(prompt_ids)
-        got = hf(prompt_ids).logits
         ours = model.generate_greedy(prompt_ids, tokens)
+    if release is not None:
+        release()
+    hf = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+    with torch.no_grad():
+        got = hf(prompt_ids).logits
         theirs = hf_greedy(hf, prompt_ids, tokens)
+    del hf
     limit = parity_limits(dtype, ref)
     diff = float((got.double() - ref.double()).abs().max())
     record = {"dtype": str(dtype).removeprefix("torch."), "logit_limit": limit}
