@@ -3,7 +3,7 @@ the recipe ablation, every student timed side by side with the exported parent.
 
 Each ``--job LABEL=JOB`` is a finished job (``search_spaces/quality.yaml`` and its ablation
 ``bench/specs/*.yaml``) with the same ``eval.sets``. Every exported student
-(``students/<id>/onnx/prefill.onnx``, GKD-healed when the job's spec has ``export.gkd``) and a
+(``students/<id>/onnx/model.onnx``, GKD-healed when the job's spec has ``export.gkd``) and a
 fresh export of the parent are timed in one process, in rotated rounds
 (``bench/healed_front.rotated_rounds``), at batch 1 and ``--seq`` tokens with ``--threads``
 onnxruntime threads. Quality per eval set (perplexity ratio to the parent, KL): the healed
@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.job:
         label, _, job = item.partition("=")
         folder = Path(args.results) / job
-        if not job or not sorted(folder.glob("students/*/onnx/prefill.onnx")):
+        if not job or not _student_graphs(folder):
             print(
                 f"error: {item!r}: no job with exported students in {args.results}", file=sys.stderr
             )
             return 2
         jobs[label] = folder
 
-    from compress.export_onnx import export_onnx, ort_session
+    from compress.export_onnx import empty_past, export_onnx, ort_session
     from compress.loading import load_parent
     from nas.store import JobStore
 
@@ -75,18 +75,27 @@ def main(argv: list[str] | None = None) -> int:
     parent = load_parent(next(iter(specs.values())).model.source)
     folder = Path(tempfile.mkdtemp(prefix="nas-general-"))
     try:
-        exported = export_onnx(
-            parent.adapter, folder, parity=False, decode=False, exporter="torchscript"
-        )
-        paths = {"parent": exported.prefill}
+        paths = {}
         for label, job in jobs.items():
-            for p in sorted(job.glob("students/*/onnx/prefill.onnx")):
+            for p in _student_graphs(job):
                 paths[f"{label}/{p.parents[1].name}"] = p
+        decoder = any(p.name == "model.onnx" for p in paths.values())
+        exported = export_onnx(
+            parent.adapter,
+            folder,
+            parity=False,
+            decode=False,
+            layout="decoder" if decoder else "prefill",
+            exporter="torchscript",
+        )
+        paths = {"parent": exported.prefill} | paths
         sessions = {name: ort_session(path, args.threads) for name, path in paths.items()}
         ids = np.random.default_rng(0).integers(
             0, parent.shape.vocab_size, (1, args.seq), dtype=np.int64
         )
-        times = rotated_rounds(sessions, ids, args.repeats)
+        # a decoder graph (model.onnx) takes its prompt with a zero-length past
+        feeds = {n: {"input_ids": ids, **empty_past(s, 1)} for n, s in sessions.items()}
+        times = rotated_rounds(sessions, ids, args.repeats, feeds)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     parent_ms = float(np.median(times["parent"]))
@@ -146,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         "Speed-up floors allow 3 % (a point at 0.97 x the floor counts) for timing noise.",
     )
     return 0
+
+
+def _student_graphs(job: Path) -> list[Path]:
+    """The exported students' graphs: ``model.onnx`` (decoder layout), else ``prefill.onnx``."""
+    return sorted(job.glob("students/*/onnx/model.onnx")) or sorted(
+        job.glob("students/*/onnx/prefill.onnx")
+    )
 
 
 def _quality_cells(values: dict, parent_q: dict, sets: list[str]) -> dict:
