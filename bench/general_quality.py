@@ -186,7 +186,7 @@ def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int
     ).eval()
     out = {}
     for s in sets:
-        tokens = load_file(str(job / "data" / f"eval__{s}.safetensors"))["tokens"]
+        tokens = load_file(str(JobLayout(job).eval_set(s)))["tokens"]
         out[s] = evaluate(student, tokens, parent.adapter, batch_size).to_dict()
     return out
 
