@@ -84,7 +84,7 @@ def prepare(source: str, dtype: str) -> tuple[int, float]:
 
     t0 = time.perf_counter()
     if is_random(source):
-        random_parent_folder(source, getattr(torch, dtype), cache_dir())
+        random_parent_folder(source, getattr(torch, dtype), cache_dir(), ensure_default_folder)
         layers = json.loads(config_path(source).read_text())["num_hidden_layers"]
         return layers, time.perf_counter() - t0
     folder = Path(source) if Path(source).is_dir() else ensure_default_folder(source)

@@ -64,7 +64,7 @@ def load_parent(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -
     source = str(source)
     folder = None
     if is_random(source):  # written once at ``dtype``, then memory-mapped like any folder
-        folder = random_parent_folder(source, dtype, cache_dir())
+        folder = random_parent_folder(source, dtype, cache_dir(), ensure_default_folder)
         hf_model, tokenizer = _load_hf_dir(folder, dtype)
     elif source in DEFAULT_MODELS:
         hf_model, tokenizer = _load_default(source, dtype)

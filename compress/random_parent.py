@@ -61,8 +61,9 @@ def config_path(source: str) -> Path:
     )
 
 
-def random_parent_folder(source: str, dtype, cache: Path) -> Path:
+def random_parent_folder(source: str, dtype, cache: Path, default_folder) -> Path:
     """The HF folder of ``source``'s random parent at ``dtype``, written once under ``cache``.
+    ``default_folder(name)``: the HF folder of a named default model (its tokenizer is used).
 
     Raises ``ModelLoadError`` for a missing or unreadable config or tokenizer.
     """
@@ -81,7 +82,7 @@ def random_parent_folder(source: str, dtype, cache: Path) -> Path:
     try:
         config = _hf_config(raw, path)
         config.save_pretrained(tmp)
-        _tokenizer_source(tokenizer, path, cache).save_pretrained(tmp)
+        _tokenizer_source(tokenizer, path, default_folder).save_pretrained(tmp)
         if config.vocab_size < _vocab(tmp):
             raise ModelLoadError(
                 f"random parent {source!r}: its tokenizer has more ids than vocab_size "
@@ -107,15 +108,13 @@ def _hf_config(raw: dict, path: Path):
         raise ModelLoadError(f"random parent config {path}: {exc}") from None
 
 
-def _tokenizer_source(name: str, config_file: Path, cache: Path):
+def _tokenizer_source(name: str, config_file: Path, default_folder):
     from transformers import AutoTokenizer
 
     from compress.shape import DEFAULT_MODELS
 
     if name in DEFAULT_MODELS:
-        from compress.loading import ensure_default_folder
-
-        folder = ensure_default_folder(name)
+        folder = default_folder(name)
     else:
         folder = (config_file.parent / name).resolve()
     try:
