@@ -102,8 +102,10 @@ def train_variant(
 
     Initialisation uses the first ``config.init_tokens`` tokens of ``train``; training cycles
     over ``train``'s sequences in a seeded random order for ``config.tokens`` tokens;
-    ``nmse_init``/``nmse_final`` are both measured on all of ``heldout``. Returns the trained
-    module (float32, eval mode) and its record (JSON-ready). Raises ``ValueError`` for a
+    ``nmse_init``/``nmse_final`` are both measured on all of ``heldout``; when training made
+    the held-out nMSE worse (an initialisation that is already close, e.g. a window as long as
+    most contexts), the initialised weights are kept (``kept_initialisation``, and
+    ``nmse_trained`` records the trained figure). Returns the trained module (float32, eval mode) and its record (JSON-ready). Raises ``ValueError`` for a
     variant that has nothing to train (parent, noop).
     """
     if not spec.trainable:
@@ -116,6 +118,7 @@ def train_variant(
     module = module.float().to(device)
     module.eval()
     nmse_init = heldout_nmse(module, heldout, layer, kind, config.eval_batch_size)
+    initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     seq_len, n_seq = train.seq_len, train.num_sequences
     batch = min(config.batch_size, n_seq)
@@ -142,7 +145,11 @@ def train_variant(
         schedule.step()
         losses.append(float(loss.detach()))
     module.eval()
-    nmse_final = heldout_nmse(module, heldout, layer, kind, config.eval_batch_size)
+    nmse_trained = heldout_nmse(module, heldout, layer, kind, config.eval_batch_size)
+    kept_initialisation = nmse_trained > nmse_init  # training hurt: keep the initialised module
+    if kept_initialisation:
+        module.load_state_dict(initial)
+    nmse_final = min(nmse_init, nmse_trained)
     module = module.cpu()
     seconds = time.perf_counter() - t0
     tokens = steps * batch * seq_len
@@ -153,6 +160,8 @@ def train_variant(
         "params": sum(p.numel() for p in module.parameters()),
         "nmse_init": nmse_init,
         "nmse_final": nmse_final,
+        "nmse_trained": nmse_trained,
+        "kept_initialisation": kept_initialisation,
         "train_loss_first": losses[0],
         "train_loss_last": losses[-1],
         "tokens": tokens,

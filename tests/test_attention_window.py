@@ -168,7 +168,10 @@ def test_tiny_pipeline_with_windowed_variants(tmp_path):
     job = tmp_path / "w"
     records = {(r["layer"], r["variant"]): r for r in read_records(job / "library")}
     trained = [r for (_, v), r in records.items() if v.startswith("attention:window")]
-    assert len(trained) == 2 * 5 and all(r["nmse_final"] < r["nmse_init"] for r in trained)
+    assert len(trained) == 2 * 5 and all(r["nmse_final"] <= r["nmse_init"] for r in trained)
+    # the narrow window with one KV head starts far from the parent: BLD must improve it
+    narrow = [r for r in trained if r["variant"] == "attention:window=16,kv_heads=1"]
+    assert all(r["nmse_final"] < r["nmse_init"] and not r["kept_initialisation"] for r in narrow)
     frame = library_frame(job)
     window = frame[frame.variant == "attention:window=16,kv_heads=1"]
     assert (window.kv_window == 16).all() and window.kl.notna().all()
