@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._report import write_table  # noqa: E402
-from bench.healed_front import rotated_rounds  # noqa: E402
+from bench.healed_front import time_prompts  # noqa: E402
 from nas.layout import JobLayout  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         jobs[label] = folder
 
-    from compress.export_onnx import empty_past, export_onnx, ort_session
+    from compress.export_onnx import export_onnx
     from compress.loading import load_parent
     from nas.store import JobStore
 
@@ -89,13 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             exporter="torchscript",
         )
         paths = {"parent": exported.prefill} | paths
-        sessions = {name: ort_session(path, args.threads) for name, path in paths.items()}
-        ids = np.random.default_rng(0).integers(
-            0, parent.shape.vocab_size, (1, args.seq), dtype=np.int64
-        )
-        # a decoder graph (model.onnx) takes its prompt with a zero-length past
-        feeds = {n: {"input_ids": ids, **empty_past(s, 1)} for n, s in sessions.items()}
-        times = rotated_rounds(sessions, ids, args.repeats, feeds)
+        times = time_prompts(paths, parent.shape.vocab_size, args.seq, args.threads, args.repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     parent_ms = float(np.median(times["parent"]))

@@ -52,6 +52,19 @@ def rotated_rounds(
     return times
 
 
+def time_prompts(
+    paths: dict, vocab_size: int, seq: int, threads: int, repeats: int
+) -> dict[str, list[float]]:
+    """Time each ONNX graph of ``paths`` on one seeded ``seq``-token prompt (batch 1) in
+    rotated rounds; a decoder graph (``model.onnx``) gets the prompt with a zero-length past."""
+    from compress.export_onnx import empty_past, ort_session
+
+    sessions = {name: ort_session(path, threads) for name, path in paths.items()}
+    ids = np.random.default_rng(0).integers(0, vocab_size, (1, seq), dtype=np.int64)
+    feeds = {n: {"input_ids": ids, **empty_past(s, 1)} for n, s in sessions.items()}
+    return rotated_rounds(sessions, ids, repeats, feeds)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--job", required=True, help="a finished job, e.g. of quality.yaml")
@@ -70,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: job {args.job} in {args.results} has no exported students", file=sys.stderr)
         return 2
 
-    from compress.export_onnx import empty_past, export_onnx, ort_session
+    from compress.export_onnx import export_onnx
     from nas.store import JobStore
 
     store = JobStore.open(args.results, args.job)
@@ -89,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             exporter=spec.export.exporter,
         )
         paths = {"parent": exported.prefill} | {p.parents[1].name: p for p in students}
-        sessions = {name: ort_session(path, args.threads) for name, path in paths.items()}
-        ids = np.random.default_rng(0).integers(
-            0, parent.shape.vocab_size, (1, args.seq), dtype=np.int64
-        )
-        # a decoder graph (model.onnx) takes its prompt with a zero-length past
-        feeds = {n: {"input_ids": ids, **empty_past(s, 1)} for n, s in sessions.items()}
-        times = rotated_rounds(sessions, ids, args.repeats, feeds)
+        times = time_prompts(paths, parent.shape.vocab_size, args.seq, args.threads, args.repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
