@@ -36,33 +36,38 @@ from bench._report import write_table  # noqa: E402
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process and its descendants in a thread.
+    """Samples the summed memory of this process and its descendants in a thread.
 
-    With ``label`` (called at each sample, e.g. the job's current stage), ``peaks`` also keeps
-    the peak per label.
+    Two sums: RSS (a page shared by several processes, e.g. memory-mapped weights or Ray's
+    object store, counts once per process: an upper bound) and PSS (each shared page split
+    among the processes that map it: the tree's real footprint). With ``label`` (called at
+    each sample, e.g. the job's current stage), ``peaks`` / ``pss_peaks`` keep the peak per
+    label.
     """
 
     def __init__(self, every_s: float = 0.25, label=None):
-        self.every_s, self.peak, self.peak_procs = every_s, 0, 0
-        self.label, self.peaks = label, {}
+        self.every_s, self.peak, self.peak_procs, self.peak_pss = every_s, 0, 0, 0
+        self.label, self.peaks, self.pss_peaks = label, {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total, procs = 0, 0
+            rss, pss, procs = 0, 0, 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
-                    procs += 1
+                    info = proc.memory_full_info()  # /proc/PID/smaps_rollup: rss and pss
+                    rss, pss, procs = rss + info.rss, pss + info.pss, procs + 1
                 except psutil.Error:
                     pass
-            if total > self.peak:
-                self.peak, self.peak_procs = total, procs
+            if rss > self.peak:
+                self.peak, self.peak_procs = rss, procs
+            self.peak_pss = max(self.peak_pss, pss)
             if self.label is not None:
                 key = self.label()
-                self.peaks[key] = max(self.peaks.get(key, 0), total)
+                self.peaks[key] = max(self.peaks.get(key, 0), rss)
+                self.pss_peaks[key] = max(self.pss_peaks.get(key, 0), pss)
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> PeakRSS:

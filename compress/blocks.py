@@ -13,42 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
+from compress.export.nas_llm_layers import RMSNorm, activation, apply_rotary
 
-
-def activation(name: str):
-    try:
-        return _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unsupported hidden_act {name!r}; supported: {sorted(_ACTIVATIONS)}"
-        ) from None
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in float32 as the Llama reference does."""
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+__all__ = ["RMSNorm", "activation"]  # re-exported: the subblocks' norm and activations
 
 
 class Rotary(nn.Module):
@@ -68,7 +35,7 @@ class Rotary(nn.Module):
         ).to(dtype)
 
     def apply(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        return apply_rotary(q, k, cos, sin)
 
 
 class GQAttention(nn.Module):

@@ -133,22 +133,18 @@ def stage_capture(
         return Captured(train_dir, heldout_dir, n_train * seq_len, n_held * seq_len)
     t0 = time.perf_counter()
     dtype = spec.bld.activation_dtype or spec.model.dtype  # activations at the run dtype
+    parts = ((splits.train[:n_train], train_dir, 0), (splits.eval[:n_held], heldout_dir, n_train))
     with progress("[capture] parent activations", n_train + n_held) as bar:
-        train_meta = capture(
-            adapter,
-            splits.train[:n_train],
-            train_dir,
-            batch_size=spec.scoring.batch_size,
-            dtype=dtype,
-            progress=lambda done, total: bar.update(done),
-        )
-        held_meta = capture(
-            adapter,
-            splits.eval[:n_held],
-            heldout_dir,
-            batch_size=spec.scoring.batch_size,
-            dtype=dtype,
-            progress=lambda done, total: bar.update(n_train + done),
+        train_meta, held_meta = (
+            capture(
+                adapter,
+                tokens,
+                folder,
+                batch_size=spec.scoring.batch_size,
+                dtype=dtype,
+                progress=lambda done, total, before=before: bar.update(before + done),
+            )
+            for tokens, folder, before in parts
         )
     wall = time.perf_counter() - t0
     store.write_stage(

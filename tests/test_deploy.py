@@ -84,20 +84,22 @@ def test_transformers_folders_load_without_the_project(stories_parent, student, 
     assert blocks[1]["attention"]["num_key_value_heads"] == 1
     assert blocks[2]["ffn"] == {"no_op": True, "replace_with_linear": False}
     assert blocks[4]["ffn"]["intermediate_size"] == 43
-    modeling = (tmp_path / "student" / "modeling_nas_llm.py").read_text()
-    imported = set()
-    for node in ast.walk(ast.parse(modeling)):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "torch", "transformers"}, imported
+    imported = set()  # the remote code imports torch, transformers and its own sibling only
+    for name in ("modeling_nas_llm.py", "nas_llm_layers.py"):
+        code = (tmp_path / "student" / name).read_text()
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add("." * node.level + (node.module or "").split(".")[0])
+    assert imported <= {"__future__", "torch", "transformers", ".nas_llm_layers"}, imported
     for folder in ("student", "parent"):
         assert (tmp_path / folder / "generation_config.json").is_file()
         assert (tmp_path / folder / "tokenizer.json").is_file()
     parent_config = json.loads((tmp_path / "parent" / "config.json").read_text())
     assert "auto_map" not in parent_config and parent_config["model_type"] == "llama"
     assert not (tmp_path / "parent" / "modeling_nas_llm.py").exists()
+    assert not (tmp_path / "parent" / "nas_llm_layers.py").exists()
     # our own loader reads both folders back
     assert torch.equal(load_student(tmp_path / "student").model(prompt), student(prompt))
 

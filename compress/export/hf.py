@@ -8,8 +8,9 @@ Two layouts, chosen per student:
   numbers changed; it needs no remote code.
 - **heterogeneous**: ``config.json`` has ``model_type: nas_llm``, the parent's fields, one
   ``block_configs`` entry per layer and an ``auto_map`` to ``modeling_nas_llm.py``, which is
-  written into the folder (``compress/export/modeling_nas_llm.py``, self-contained: torch and
-  transformers only). Open it with ``trust_remote_code=True``.
+  written into the folder with the ``nas_llm_layers.py`` it imports (both from
+  ``compress/export/``, self-contained: torch and transformers only). Open it with
+  ``trust_remote_code=True``.
 
 Both folders hold ``model.safetensors`` with transformers' tensor names, ``config.json``,
 ``generation_config.json``, the tokenizer, ``student.json`` (so ``compress.student
@@ -31,11 +32,13 @@ from compress.model import BlockModel
 from compress.variants import VariantSpec
 
 MODELING_FILE = "modeling_nas_llm.py"
+REMOTE_CODE = (MODELING_FILE, "nas_llm_layers.py")  # the remote code, copied into the folder
 MODEL_TYPE = "nas_llm"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # parent config keys that describe the parent's files, not the architecture
 _DROP = ("architectures", "auto_map", "transformers_version", "_name_or_path", "torch_dtype")
 _DROP += ("dtype", "quantization_config", "model_type", "_commit_hash")
+
 
 def precision_dtype(precision: str) -> torch.dtype:
     """``fp32`` / ``fp16`` / ``bf16`` -> torch dtype; ``ValueError`` for anything else."""
@@ -169,9 +172,10 @@ def export_hf(
         hf_names=True,
         rotary_in_weights=remote,
     )
-    (out / MODELING_FILE).unlink(missing_ok=True)
-    if remote:
-        shutil.copyfile(Path(__file__).with_name(MODELING_FILE), out / MODELING_FILE)
+    for name in REMOTE_CODE:
+        (out / name).unlink(missing_ok=True)
+        if remote:
+            shutil.copyfile(Path(__file__).with_name(name), out / name)
     atomic_write_json(out / "generation_config.json", _generation_config(parent_config))
     atomic_write_json(out / "config.json", config)
     record = {"layout": "nas_llm (remote code)" if remote else config["architectures"][0]}

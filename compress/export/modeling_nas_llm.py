@@ -1,8 +1,9 @@
 """A heterogeneous Llama for transformers: each layer's attention and FFN chosen separately.
 
-This file is copied verbatim into every exported student folder and loaded there with
-``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``. It is
-self-contained: it imports only torch and transformers (never this project).
+This file and the ``nas_llm_layers.py`` it imports (the norm, activations and rotary embedding
+the project's own subblocks use too) are copied verbatim into every exported student folder
+and loaded there with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``.
+They are self-contained: they import only torch and transformers (never this project).
 
 ``config.block_configs`` holds one entry per layer::
 
@@ -36,18 +37,12 @@ except ImportError:  # transformers 4.x
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .nas_llm_layers import RMSNorm, activation, apply_rotary
+
 # transformers 5 calls the cache ``cache``; 4.x called it ``past_key_values``
 _CACHE_FIELD = (
     "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else ("past_key_values")
 )
-
-_ACTIVATIONS = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
 
 
 class NasLlmConfig(_BaseConfig):
@@ -99,20 +94,6 @@ class NasLlmConfig(_BaseConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
-class NasLlmRMSNorm(nn.Module):
-    """RMS norm computed in float32, scaled by a learned weight."""
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
 class NasLlmRotary(nn.Module):
     def __init__(self, config: NasLlmConfig):
         super().__init__()
@@ -127,11 +108,6 @@ class NasLlmRotary(nn.Module):
         freqs = positions.float()[..., None] * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return (emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class NasLlmAttention(nn.Module):
@@ -151,7 +127,7 @@ class NasLlmAttention(nn.Module):
         q = self.q_proj(h).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k = apply_rotary(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.cache_index)
         if self.window is not None:  # query i sits at total - s + i: keys after i - window
@@ -182,7 +158,7 @@ class NasLlmMLP(nn.Module):
         self.gate_proj = nn.Linear(h, width, bias=False)
         self.up_proj = nn.Linear(h, width, bias=False)
         self.down_proj = nn.Linear(width, h, bias=False)
-        self.act_fn = _ACTIVATIONS[config.hidden_act]
+        self.act_fn = activation(config.hidden_act)
 
     def forward(self, h):
         return self.down_proj(self.act_fn(self.gate_proj(h)) * self.up_proj(h))
@@ -206,7 +182,7 @@ class NasLlmDecoderLayer(nn.Module):
         eps = config.rms_norm_eps
         self.self_attn = None
         if not attn.get("no_op"):
-            self.input_layernorm = NasLlmRMSNorm(config.hidden_size, eps)
+            self.input_layernorm = RMSNorm(config.hidden_size, eps)
             if attn.get("replace_with_linear"):
                 self.self_attn = NasLlmLinearAttention(config)
             else:
@@ -215,7 +191,7 @@ class NasLlmDecoderLayer(nn.Module):
                 self.self_attn = NasLlmAttention(config, kv, cache_index, window)
         self.mlp = None
         if not ffn.get("no_op"):
-            self.post_attention_layernorm = NasLlmRMSNorm(config.hidden_size, eps)
+            self.post_attention_layernorm = RMSNorm(config.hidden_size, eps)
             if ffn.get("replace_with_linear"):
                 self.mlp = NasLlmLinearMLP(config)
             else:
@@ -248,7 +224,7 @@ class NasLlmPreTrainedModel(PreTrainedModel):
                 module.bias.data.zero_()
         elif isinstance(module, nn.Embedding):
             module.weight.data.normal_(0.0, std)
-        elif isinstance(module, NasLlmRMSNorm):
+        elif isinstance(module, RMSNorm):
             module.weight.data.fill_(1.0)
 
 
@@ -262,7 +238,7 @@ class NasLlmModel(NasLlmPreTrainedModel):
             cached += int(layer.has_kv_cache)
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
-        self.norm = NasLlmRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = NasLlmRotary(config)
         self.post_init()
 

@@ -35,7 +35,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nas.selection.errors import SelectionError
-from nas.selection.problem import KINDS, Block, LayerOptions, Option, SelectionProblem
+from nas.selection.problem import (
+    KINDS,
+    Block,
+    LayerOptions,
+    Option,
+    SelectionProblem,
+    finite_number,
+)
 
 SCORE_NAMES = ("kl", "lm_loss", "score")
 NAME_COLUMNS = ("layer", *KINDS)
@@ -85,13 +92,7 @@ def _blank(value) -> bool:
 
 
 def _float(value, where: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise SelectionError(f"{where}: {value!r} is not a number") from None
-    if not math.isfinite(out):
-        raise SelectionError(f"{where}: {value!r} is not finite")
-    return out
+    return finite_number(value, where, SelectionError)
 
 
 def problem_from_rows(

@@ -43,6 +43,7 @@ from nas.selection.problem import (
     Option,
     SelectionProblem,
     Solution,
+    finite_number,
 )
 
 LATENCY_METRICS: tuple[str, ...] = ("prefill_latency_ms", "decode_latency_ms")
@@ -138,12 +139,7 @@ def parse_bound(text: str) -> tuple[str, str, float]:
     if not match:
         raise SelectionError(f"a bound reads METRIC<=VALUE or METRIC>=VALUE, got {text!r}")
     metric, op, value = match.groups()
-    try:
-        number = float(value)
-    except ValueError:
-        raise SelectionError(f"bound {text!r}: {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise SelectionError(f"bound {text!r}: the value must be finite")
+    number = finite_number(value, f"the value of bound {text!r}", SelectionError)
     return metric, "max" if op == "<=" else "min", number
 
 
@@ -224,9 +220,7 @@ def resolve_target(
         raise SelectionError(
             f"unknown target metric {metric!r}; this problem has: {', '.join(known)}"
         )
-    value = float(value)
-    if not math.isfinite(value):
-        raise SelectionError(f"target {metric} must be finite, got {value}")
+    value = finite_number(value, f"target {metric}", SelectionError)
     if metric in THROUGHPUT_TARGETS:
         bound = bound or "min"
         cost_metric = THROUGHPUT_TARGETS[metric]

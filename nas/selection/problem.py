@@ -39,18 +39,19 @@ Indices = tuple[tuple[int, int], ...]
 Choices = tuple[tuple[str, str], ...]  # per layer: (attention canonical, ffn canonical)
 
 
-def _number(value, what: str) -> float:
+def finite_number(value, what: str, error: type[Exception] = ValueError) -> float:
+    """``value`` as a finite float, or ``error`` naming ``what`` (one line)."""
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
+        raise error(f"{what} must be a number, got {value!r}") from None
     if not math.isfinite(out):
-        raise ValueError(f"{what} must be finite, got {value!r}")
+        raise error(f"{what} must be finite, got {value!r}")
     return out
 
 
 def _costs(costs: Mapping, what: str) -> dict[str, float]:
-    return {m: _number(v, f"{m} of {what}") for m, v in dict(costs).items()}
+    return {m: finite_number(v, f"{m} of {what}") for m, v in dict(costs).items()}
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Option:
     def __post_init__(self) -> None:
         if not isinstance(self.variant, str) or not self.variant:
             raise ValueError(f"option variant must be a non-empty name, got {self.variant!r}")
-        object.__setattr__(self, "score", _number(self.score, f"score of {self.variant}"))
+        object.__setattr__(self, "score", finite_number(self.score, f"score of {self.variant}"))
         object.__setattr__(self, "costs", _costs(self.costs, self.variant))
 
     def to_dict(self) -> dict:
@@ -91,7 +92,7 @@ class Block:
     costs: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "score", _number(self.score, "block score"))
+        object.__setattr__(self, "score", finite_number(self.score, "block score"))
         object.__setattr__(self, "costs", _costs(self.costs, "a block"))
 
     def to_dict(self) -> dict:
@@ -249,7 +250,7 @@ class SelectionProblem:
                 raise ValueError(
                     f"layer {i} has costs {sorted(layer.metrics)}, expected {sorted(metrics)}"
                 )
-        fixed = {m: _number(v, f"fixed {m}") for m, v in dict(self.fixed_costs).items()}
+        fixed = {m: finite_number(v, f"fixed {m}") for m, v in dict(self.fixed_costs).items()}
         unknown = set(fixed) - metrics
         if unknown:
             raise ValueError(f"fixed costs for metrics no option has: {sorted(unknown)}")
