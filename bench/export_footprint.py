@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     job = Path(args.results) / args.job
     shape = _shape_of(job)
     rows = []
-    for marker in sorted(job.glob("students/*/onnx*/nas_export.json")):
+    exports = JobLayout(job).exports_of_points("onnx*")
+    for marker in (f / "nas_export.json" for f in exports if (f / "nas_export.json").is_file()):
         record = json.loads(marker.read_text())
         layout = json.loads((marker.parent / "export.json").read_text())
         graph = sum(p.stat().st_size for p in marker.parent.glob(f"{layout['decode']}*"))

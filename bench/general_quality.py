@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _student_graphs(job: Path) -> list[Path]:
     """The exported students' graphs: ``model.onnx`` (decoder layout), else ``prefill.onnx``."""
-    return sorted(job.glob("students/*/onnx/model.onnx")) or sorted(
-        job.glob("students/*/onnx/prefill.onnx")
-    )
+    return JobLayout(job).onnx_graphs()
 
 
 def _quality_cells(values: dict, parent_q: dict, sets: list[str]) -> dict:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._report import write_table  # noqa: E402
+from nas.layout import JobLayout  # noqa: E402
 
 
 def rotated_rounds(
@@ -76,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     job = Path(args.results) / args.job
-    students = sorted(job.glob("students/*/onnx/model.onnx")) or sorted(
-        job.glob("students/*/onnx/prefill.onnx")  # jobs exported before the decoder layout
-    )
+    students = JobLayout(job).onnx_graphs()
     if not students:
         print(f"error: job {args.job} in {args.results} has no exported students", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: bench/ is not an installed pac
 from bench._report import write_table  # noqa: E402
 from bench.bld import PeakRSS  # noqa: E402
 from bench.footprint import StageWatch, folder_bytes  # noqa: E402
+from nas.layout import JobLayout  # noqa: E402
 
 PARENTS = "smollm2-135m,random:smollm2-360m,random:llama-3.2-1b,random:llama-3.2-3b"
 STAGES = ("baseline", "capture", "bld", "scoring", "selection", "rerank", "students")
@@ -102,7 +103,7 @@ def stage_tokens(job: Path, spec: dict) -> dict:
 
     capture = record("capture")
     library = [json.loads(p.read_text()) for p in (job / "library").glob("L*.json")]
-    points = len(list((job / "students").glob("*/measured.json")))
+    points = len(JobLayout(job).measured_points())
     return {
         "baseline": record("baseline").get("tokens"),
         "capture": capture.get("train", {}).get("num_sequences", 0) * SEQ

@@ -155,6 +155,21 @@ class JobLayout:
         """``students/<id>/<folder>``: an export (``onnx``, ``hf``, ``onnx-fp16``...)."""
         return self.student(point_id) / folder
 
+    def measured_points(self) -> list[str]:
+        """Ids of the points the students stage finished (sorted)."""
+        return sorted(p.parent.name for p in (self.dir / "students").glob("*/measured.json"))
+
+    def exports_of_points(self, folder: str = "onnx*") -> list[Path]:
+        """Every point's export folders matching ``folder`` (a glob: ``onnx``, ``onnx*``...)."""
+        return sorted(p for p in (self.dir / "students").glob(f"*/{folder}") if p.is_dir())
+
+    def onnx_graphs(self) -> list[Path]:
+        """The points' exported ONNX graphs: ``onnx/model.onnx`` (the decoder layout), else the
+        ``onnx/prefill.onnx`` of jobs exported before it."""
+        folders = self.exports_of_points("onnx")
+        graphs = [f / "model.onnx" for f in folders if (f / "model.onnx").is_file()]
+        return graphs or [f / "prefill.onnx" for f in folders if (f / "prefill.onnx").is_file()]
+
     def service_export(self, point_id: str, fmt: str) -> Path:
         """Where ``nas serve`` writes an export it was asked for (``exports/<id>/<format>``,
         with ``<format>.status.json`` beside it)."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compress.evaluate import kl_from_logits
+from nas.selection.dominance import non_dominated
 from nas.strategies import DROPPED_LAYER, PARENT_LAYER
 from nas.strategies.depth import CalibrationKL, amoeba_dp_points, depth_masks
 from nas.strategies.evolution import (
@@ -13,7 +14,6 @@ from nas.strategies.evolution import (
     diswot_evolution,
     homogeneous_choices,
     kept_layers,
-    non_dominated,
 )
 
 
@@ -69,14 +69,15 @@ def test_homogeneous_choices_and_kept_layers():
         kept_layers(5, 0)
 
 
-def test_non_dominated():
+def test_non_dominated_maximising_one_objective():
+    """The evolution's use: DisWOT (``s``) maximised by negating it, latency (``l``) minimised."""
     rows = [
         {"s": 1.0, "l": 5.0},
         {"s": 2.0, "l": 5.0},  # beats the first
         {"s": 0.5, "l": 1.0},
         {"s": 0.4, "l": 2.0},  # beaten by the third
     ]
-    assert non_dominated(rows, "s", "l") == [rows[1], rows[2]]
+    assert non_dominated(rows, lambda r: (-r["s"], r["l"])) == [rows[1], rows[2]]
 
 
 def test_diswot_evolution_on_ray_tune(stories_parent, tiny_splits):

@@ -26,6 +26,7 @@ from compress.model import BlockModel
 from compress.scoring import ActivationCache
 from compress.student import assemble_student
 from compress.variants import VariantSpec
+from nas.selection.dominance import non_dominated
 from nas.strategies import DROPPED_LAYER, Choices, StrategyPoint
 
 Latency = Callable[[Choices], float]
@@ -117,21 +118,6 @@ def evaluate_student(
         "semantic": result.semantic,
         "predicted_latency_ms": float(latency(choices)),
     }
-
-
-def non_dominated(rows: list[dict], maximise: str, minimise: str) -> list[dict]:
-    """Rows no other row beats (>= on ``maximise``, <= on ``minimise``, one strictly)."""
-    out = []
-    for row in rows:
-        beaten = any(
-            o[maximise] >= row[maximise]
-            and o[minimise] <= row[minimise]
-            and (o[maximise] > row[maximise] or o[minimise] < row[minimise])
-            for o in rows
-        )
-        if not beaten:
-            out.append(row)
-    return out
 
 
 def _trial(config: dict, parent=None, calib_tokens=None, latency=None, depth_masks=None) -> None:
@@ -230,7 +216,9 @@ def diswot_evolution(
     if not rows:
         raise RuntimeError("diswot-evolution: every trial failed (see the Ray logs)")
     unique = {row["choices"]: row for row in rows}
-    front = non_dominated(list(unique.values()), "diswot", "predicted_latency_ms")
+    front = non_dominated(  # DisWOT maximised, predicted latency minimised
+        list(unique.values()), lambda r: (-r["diswot"], r["predicted_latency_ms"])
+    )
     front.sort(key=lambda r: r["predicted_latency_ms"])
     return [
         StrategyPoint(
