@@ -139,7 +139,8 @@ def run_row(source: str, dtype: str, nas: str) -> list[dict]:
             if stage not in seconds:
                 continue
             after = next((b for b in starts[i + 1 :] if b is not None), end)
-            written = after - (starts[i] or 0)
+            # a stage too short for the sampler to see has no start figure: nothing to report
+            written = after - starts[i] if starts[i] is not None else None
             n = tokens.get(stage)
             rows.append(
                 {
@@ -149,7 +150,7 @@ def run_row(source: str, dtype: str, nas: str) -> list[dict]:
                     "wall_s": round(seconds[stage], 1),
                     "peak_rss_MiB": round(peak.peaks.get(stage, 0) / 2**20),
                     "peak_pss_MiB": round(peak.pss_peaks.get(stage, 0) / 2**20),
-                    "disk_written_MiB": round(written / 2**20, 1),
+                    "disk_written_MiB": "" if written is None else round(written / 2**20, 1),
                     "tokens": n if n else "",
                     "tokens_per_s": round(n / seconds[stage], 1) if n else "",
                 }
