@@ -289,11 +289,7 @@ class NasLlmForCausalLM(NasLlmPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
+    # the input embeddings' accessors come from PreTrainedModel (through base_model_prefix)
 
     def get_output_embeddings(self):
         return self.lm_head
