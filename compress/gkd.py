@@ -27,12 +27,16 @@ from compress.progress import track
 
 @dataclass(frozen=True)
 class GKDSettings:
-    """``tokens``: training tokens in total (rounded down to whole batches, at least one)."""
+    """``tokens``: training tokens in total (rounded down to whole batches, at least one);
+    ``train_embeddings``: also train the embeddings, LM head and final norm (by default only
+    the layers are trained: on SmolLM2-135M that healed better and 20 % faster,
+    ``bench/gkd_ablation.py``)."""
 
     tokens: int = 16384
     batch_size: int = 4
     lr: float = 1e-4
     hidden_weight: float = 1.0
+    train_embeddings: bool = False
     weight_decay: float = 0.0
     warmup_fraction: float = 0.05
     seed: int = 0
@@ -85,6 +89,33 @@ def heal_student(
     if eval_tokens is not None:  # the parent's eval logits, once for both checks
         reference = ParentLogits(parent, eval_tokens)
         record["eval_kl_before"] = evaluate(student, eval_tokens, reference).kl
+    ends = (student.embed_tokens, student.lm_head, student.norm)
+    frozen = [] if settings.train_embeddings else [p for m in ends for p in m.parameters()]
+    frozen = [p for p in frozen if p.requires_grad]
+    if not any(p.requires_grad for p in student.parameters() if all(p is not f for f in frozen)):
+        frozen = []  # nothing else to train (every layer a no-op): train the ends after all
+    for p in frozen:  # no gradient at all for them (the LM head's weight gradient is costly)
+        p.requires_grad_(False)
+    try:
+        losses, seconds = _train(student, parent, train, settings, steps, batch, warmup)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    student.eval()
+    parent.train(was_training)
+    record.update(seconds=seconds, loss_first=losses[0], loss_last=losses[-1])
+    if report:
+        report(
+            f"[gkd] {steps} steps on {record['tokens']} tokens: loss {losses[0]:.4f} -> "
+            f"{losses[-1]:.4f} in {record['seconds']:.1f}s"
+        )
+    if reference is not None:
+        record["eval_kl_after"] = evaluate(student, eval_tokens, reference).kl
+    return student, record
+
+
+def _train(student, parent, train, settings, steps: int, batch: int, warmup: int):
+    """The GKD loop over the student's trainable parameters: (losses, seconds)."""
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -108,17 +139,7 @@ def heal_student(
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
-    student.eval()
-    parent.train(was_training)
-    record.update(seconds=time.perf_counter() - t0, loss_first=losses[0], loss_last=losses[-1])
-    if report:
-        report(
-            f"[gkd] {steps} steps on {record['tokens']} tokens: loss {losses[0]:.4f} -> "
-            f"{losses[-1]:.4f} in {record['seconds']:.1f}s"
-        )
-    if reference is not None:
-        record["eval_kl_after"] = evaluate(student, eval_tokens, reference).kl
-    return student, record
+    return losses, time.perf_counter() - t0
 
 
 def _cosine_with_warmup(step: int, warmup: int, total: int) -> float:

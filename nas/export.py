@@ -121,7 +121,11 @@ def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: 
         g = spec.export.gkd
         splits = job_splits(spec, store, parent)
         settings = GKDSettings(
-            tokens=g.tokens, batch_size=g.batch_size, lr=g.lr, hidden_weight=g.hidden_weight
+            tokens=g.tokens,
+            batch_size=g.batch_size,
+            lr=g.lr,
+            hidden_weight=g.hidden_weight,
+            train_embeddings=g.train_embeddings,
         )
         student, record = heal_student(
             student, parent.adapter, splits.train, settings, splits.eval, report=report

@@ -1,8 +1,7 @@
 """The search spec: the YAML a user writes (search_spaces/*.yaml), one schema, one loader.
 
-Every section is a pydantic model with ``extra="forbid"``, so an unknown key is an error that
-names its dotted path. Relative paths are resolved against the spec file's folder.
-"""
+Every section is a pydantic model with ``extra="forbid"`` (an unknown key is an error naming
+its dotted path); relative paths resolve against the spec file's folder."""
 
 from __future__ import annotations
 
@@ -341,6 +340,7 @@ class GKDSection(_Section):
     batch_size: int = Field(4, ge=1)
     lr: float = Field(1e-4, gt=0)
     hidden_weight: float = Field(1.0, ge=0)
+    train_embeddings: bool = False  # else the layers only (compress.gkd.GKDSettings)
 
 
 class ExportSection(_Section):

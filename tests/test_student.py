@@ -198,3 +198,30 @@ def test_gkd_lowers_eval_kl(stories_parent, tiny_splits):
     assert record["steps"] == 30 and record["eval_kl_before"] == pytest.approx(before)
     assert after < 0.8 * before, (before, after)
     assert record["loss_last"] < record["loss_first"]
+
+
+@pytest.mark.parametrize("train_embeddings", [False, True])
+def test_gkd_trains_the_ends_only_when_asked(stories_parent, tiny_splits, train_embeddings):
+    """By default GKD trains the layers; the embeddings, LM head and final norm stay the
+    parent's (and trainable again afterwards). ``train_embeddings`` trains them too."""
+    parent = stories_parent.adapter
+    student = assemble_student(parent, [["attention:kv_heads=1", "ffn:width=86"]] * 5)
+    ends = {
+        name: p.detach().clone()
+        for m in ("embed_tokens", "lm_head", "norm")
+        for name, p in getattr(student, m).named_parameters(prefix=m)
+    }
+    layer_before = student.layers[0].ffn.down_proj.weight.detach().clone()
+    settings = GKDSettings(
+        tokens=8 * 128 * 3, batch_size=8, lr=1e-3, train_embeddings=train_embeddings
+    )
+    heal_student(student, parent, tiny_splits.train, settings)
+    after = {
+        name: p
+        for m in ("embed_tokens", "lm_head", "norm")
+        for name, p in getattr(student, m).named_parameters(prefix=m)
+    }
+    changed = {name for name, before in ends.items() if not torch.equal(before, after[name])}
+    assert changed == (set(ends) if train_embeddings else set()), changed
+    assert all(p.requires_grad for p in student.parameters())
+    assert not torch.equal(layer_before, student.layers[0].ffn.down_proj.weight)
