@@ -87,10 +87,11 @@ def main() -> None:
         {"figure": "peak PSS, process tree summed (MiB)", "value": round(peak.peak_pss / 2**20)},
     ]
     rows += [
-        {"figure": f"  {stage}: peak RSS / PSS (MiB)", "value": f"{rss / 2**20:.0f} / {pss:.0f}"}
-        for stage, rss, pss in (
-            (stage, rss, peak.pss_peaks.get(stage, 0) / 2**20) for stage, rss in peak.peaks.items()
-        )
+        {
+            "figure": f"  {stage}: peak RSS / PSS (MiB)",
+            "value": f"{rss / 2**20:.0f} / {peak.pss_peaks.get(stage, 0) / 2**20:.0f}",
+        }
+        for stage, rss in peak.peaks.items()
     ]
     rows += [
         {"figure": "job folder (MiB)", "value": round(folder_bytes(job) / 2**20, 1)},

@@ -92,7 +92,8 @@ def heal_student(
     ends = (student.embed_tokens, student.lm_head, student.norm)
     frozen = [] if settings.train_embeddings else [p for m in ends for p in m.parameters()]
     frozen = [p for p in frozen if p.requires_grad]
-    if not any(p.requires_grad for p in student.parameters() if all(p is not f for f in frozen)):
+    frozen_ids = {id(p) for p in frozen}
+    if not any(p.requires_grad for p in student.parameters() if id(p) not in frozen_ids):
         frozen = []  # nothing else to train (every layer a no-op): train the ends after all
     for p in frozen:  # no gradient at all for them (the LM head's weight gradient is costly)
         p.requires_grad_(False)
