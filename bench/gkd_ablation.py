@@ -1,15 +1,20 @@
-"""GKD settings side by side on one front point of a finished job: which heals best per token.
+"""Healing settings side by side on one front point of a finished job: which heals best.
 
-The point is assembled from the job's library (its state before the job's own GKD), healed
-once per setting on the job's calibration train split, and measured on each of the job's eval
-sets (KL to the parent, perplexity ratio): text no stage of the job trained, scored or
-reranked on. A setting is ``WHAT:LR``: ``layers`` trains the layers only (the default of
-``export.gkd``), ``all`` also the embeddings, LM head and final norm.
+The point is assembled from the job's library (its state before the job's own refit and GKD),
+healed once per setting on the job's calibration train split, and measured on each of the
+job's eval sets (KL to the parent, perplexity ratio): text no stage of the job trained, scored
+or reranked on. A setting is one or more steps joined by ``+``, run in that order:
+
+- ``layers:LR``: GKD on ``--tokens`` tokens training the layers only (``export.gkd``'s default);
+- ``all:LR``: GKD that also trains the embeddings, LM head and final norm;
+- ``refit:TOKENS`` or ``refit:TOKENS:RIDGE``: the least-squares refit (``export.refit``).
 
     python bench/gkd_ablation.py --job qmix --point p78d6974401 --tokens 24576 \\
         --settings all:5e-4,layers:5e-4,layers:1.5e-3
+    python bench/gkd_ablation.py --job q4 --point ID --tokens 24576 \\
+        --settings refit:65536,layers:2e-4,refit:65536+layers:2e-4
 
-Writes results/bench/gkd_ablation.csv and .md.
+Writes results/bench/NAME.csv and .md (``--name``, default gkd_ablation).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job", required=True)
     ap.add_argument("--results", default="results")
     ap.add_argument("--point", required=True, help="a point id of the job's front")
-    ap.add_argument("--tokens", type=int, default=24576, help="GKD tokens per setting")
+    ap.add_argument("--tokens", type=int, default=24576, help="tokens of each GKD step")
     ap.add_argument("--settings", default="all:5e-4,layers:5e-4")
+    ap.add_argument("--name", default="gkd_ablation", help="results/bench/NAME.csv and .md")
     ap.add_argument("--eval-sequences", type=int, default=16, help="sequences per eval set")
     args = ap.parse_args(argv)
 
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from compress.evaluate import ParentLogits, evaluate
     from compress.gkd import GKDSettings, heal_student
     from compress.loading import load_parent
+    from compress.refit import RefitSettings, refit_student
     from compress.student import assemble_student, library_loader
 
     job = JobLayout(Path(args.results) / args.job)
@@ -75,23 +82,29 @@ def main(argv: list[str] | None = None) -> int:
         loader = library_loader(job.library, parent.adapter)
         return assemble_student(parent.adapter, front[args.point]["choices"], loader)
 
-    rows = [{"setting": "none (before GKD)", "tokens": 0, "seconds": 0, **measured(student())}]
+    rows = [{"setting": "none (as assembled)", "seconds": 0, **measured(student())}]
     for setting in args.settings.split(","):
-        what, lr = setting.split(":")
         healed = student()
-        settings = GKDSettings(
-            tokens=args.tokens, batch_size=4, lr=float(lr), train_embeddings=what == "all"
-        )
         t0 = time.perf_counter()
-        heal_student(healed, parent.adapter, train, settings)
+        for step in setting.split("+"):
+            what, *values = step.split(":")
+            if what == "refit":
+                ridge = {"ridge": float(values[1])} if len(values) > 1 else {}
+                refit_student(healed, parent.adapter, train, RefitSettings(int(values[0]), **ridge))
+                continue
+            settings = GKDSettings(
+                tokens=args.tokens,
+                batch_size=4,
+                lr=float(values[0]),
+                train_embeddings=what == "all",
+            )
+            heal_student(healed, parent.adapter, train, settings)
         seconds = round(time.perf_counter() - t0)
-        rows.append(
-            {"setting": setting, "tokens": args.tokens, "seconds": seconds, **measured(healed)}
-        )
+        rows.append({"setting": setting, "seconds": seconds, **measured(healed)})
     write_table(
-        "gkd_ablation",
+        args.name,
         rows,
-        f"GKD settings on {args.job} point {args.point}",
+        f"Healing settings on {args.job} point {args.point} (GKD steps: {args.tokens} tokens)",
         notes=(
             f"Eval: the first {args.eval_sequences} sequences of each eval set of the job. "
             f"Command: `python bench/gkd_ablation.py --job {args.job} --point {args.point} "

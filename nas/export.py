@@ -101,25 +101,32 @@ def job_splits(spec: SearchSpec, store: JobStore, parent):
 
 
 def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: Report = print):
-    """The point's student from the job's library, healed with GKD if the spec asks.
+    """The point's student from the job's library, refit and healed with GKD if the spec asks.
 
-    Returns (student BlockModel, GKD record or None).
+    ``export.refit`` runs first (``compress.refit``) and is kept only when it lowers the KL on
+    the job's calibration eval split; ``export.gkd`` then trains the result. Returns (student
+    BlockModel, record or None): ``{"refit": ..., "gkd": ...}`` for the steps that ran.
     """
     from compress.student import assemble_student, library_loader
 
     choices = point_choices(point)
+    trains = spec.export.gkd is not None or spec.export.refit is not None
     student = assemble_student(
         parent.adapter,
         choices,
         library_loader(store.library, parent.adapter),
-        share_parent=spec.export.gkd is None,  # not trained: the parent's weights, not a copy
+        share_parent=not trains,  # nothing changes its weights: the parent's, not a copy
     ).eval()
-    record = None
+    if not trains:
+        return student, None
+    splits = job_splits(spec, store, parent)
+    record = {}
+    if spec.export.refit is not None:
+        record["refit"] = _refit(student, parent.adapter, splits, spec.export.refit, report)
     if spec.export.gkd is not None:
         from compress.gkd import GKDSettings, heal_student
 
         g = spec.export.gkd
-        splits = job_splits(spec, store, parent)
         settings = GKDSettings(
             tokens=g.tokens,
             batch_size=g.batch_size,
@@ -127,13 +134,37 @@ def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: 
             hidden_weight=g.hidden_weight,
             train_embeddings=g.train_embeddings,
         )
-        student, record = heal_student(
+        student, record["gkd"] = heal_student(
             student, parent.adapter, splits.train, settings, splits.eval, report=report
         )
         report(
-            f"[export] GKD: eval KL {record['eval_kl_before']:.4f} -> {record['eval_kl_after']:.4f}"
+            f"[export] GKD: eval KL {record['gkd']['eval_kl_before']:.4f} -> "
+            f"{record['gkd']['eval_kl_after']:.4f}"
         )
     return student, record
+
+
+def _refit(student, parent, splits, section, report: Report) -> dict:
+    """``compress.refit`` on the train split, undone when the eval split's KL got worse."""
+    from compress.evaluate import ParentLogits, evaluate
+    from compress.refit import RefitSettings, refit_student
+
+    reference = ParentLogits(parent, splits.eval)
+    before = evaluate(student, splits.eval, reference).kl
+    saved = {k: v.clone() for k, v in student.state_dict().items()}
+    settings = RefitSettings(
+        tokens=section.tokens, ridge=section.ridge, batch_size=section.batch_size
+    )
+    record = refit_student(student, parent, splits.train, settings, report=report)
+    after = evaluate(student, splits.eval, reference).kl
+    record.update(eval_kl_before=before, eval_kl_after=after, kept=after <= before)
+    if not record["kept"]:
+        student.load_state_dict(saved)
+    report(
+        f"[export] refit: eval KL {before:.4f} -> {after:.4f}"
+        + ("" if record["kept"] else " (worse: undone)")
+    )
+    return record
 
 
 def engine_shapes(spec: SearchSpec):
@@ -248,14 +279,14 @@ def export_point(
         parent = load_job_parent(spec)
         if point is None:
             point = parent_point(parent.shape.num_layers)
-            student, gkd = parent.adapter, None
+            student, healing = parent.adapter, None
         else:
-            student, gkd = build_point(store, spec, parent, point, report)
+            student, healing = build_point(store, spec, parent, point, report)
         for stale in folder.glob("*") if folder.is_dir() else []:  # an older, unmarked export
             if stale.is_file():
                 stale.unlink()
         done = export_student(store, spec, parent, student, point, fmt, folder, precision, report)
-        summary.update(done, gkd=gkd, reused=None)
+        summary.update(done, healing=healing, reused=None)
         place(folder, out)
     summary["seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "point.json", {**summary, "point": point or marker.get("point")})

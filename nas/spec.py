@@ -26,9 +26,6 @@ class ModelSection(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
-_SOURCE_KINDS = ("files", "dataset", "generated")
-
-
 class _SourceFields(_Section):
     """One text source (``compress.sources`` reads these fields by name)."""
 
@@ -120,8 +117,7 @@ class DataSection(_Section):
 
 class EvalSection(_Section):
     sets: list[EvalSetSection] = Field(
-        default_factory=list,
-        description="named evaluation sets, never used for training, scoring or reranking",
+        default_factory=list, description="named eval sets: never trained, scored or reranked on"
     )
 
     @field_validator("sets")
@@ -343,11 +339,18 @@ class GKDSection(_Section):
     train_embeddings: bool = False  # else the layers only (compress.gkd.GKDSettings)
 
 
+class RefitSection(_Section):  # compress.refit.RefitSettings: least squares before GKD
+    tokens: int = Field(32768, gt=0)
+    ridge: float = Field(1e-4, ge=0, description="relative to each Gram matrix's mean diagonal")
+    batch_size: int = Field(8, ge=1)
+
+
 class ExportSection(_Section):
     formats: list[Literal["onnx", "tensorrt", "hf"]] = Field(default_factory=lambda: ["onnx"])
     points: Literal["front", "none"] = "front"
     measure: bool = True
     precision: Literal["fp32", "fp16", "bf16"] | None = None  # else measure's precision or fp32
+    refit: RefitSection | None = None
     gkd: GKDSection | None = None
     eval_tokens: int | None = Field(
         None, gt=0, description="eval-split tokens for measured quality (default: all)"
@@ -369,11 +372,8 @@ class RaySection(_Section):
         None,
         description='custom resource of the target-hardware nodes that measure latency, e.g. "hw:h100"',
     )
-    gpus_per_task: float = Field(
-        0,
-        ge=0,
-        le=64,
-        description="GPUs each BLD task asks Ray for (fractions share a GPU); 0: CPU only",
+    gpus_per_task: float = Field(  # 0: CPU only
+        0, ge=0, le=64, description="GPUs each BLD task asks Ray for (fractions share a GPU)"
     )
 
 

@@ -73,7 +73,7 @@ def stage_students(
         if marker.exists():
             exported[pid] = json.loads(marker.read_text()).get("formats", [])
             continue
-        student, gkd = build_point(store, spec, parent, point, report)
+        student, healing = build_point(store, spec, parent, point, report)
         measured = {}
         if latency_fn is not None:
             measured = measure_and_record(
@@ -90,7 +90,7 @@ def stage_students(
             )
         formats = _export(spec, store, student, parent, point, folder, report)
         exported[pid] = formats
-        atomic_write_json(marker, {"point_id": pid, "gkd": gkd, "formats": formats, **measured})
+        atomic_write_json(marker, {"point_id": pid, "healing": healing, "formats": formats, **measured})
         store.set_progress("students", i + 1, len(front))
     record = {
         "measured": len(front) if latency_fn is not None else 0,

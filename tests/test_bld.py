@@ -299,6 +299,13 @@ def test_killed_run_resumes_from_the_cli(tmp_path):
     )
     assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout + again.stderr
     assert JobLayout(job).manifest() == manifest
+    layout = JobLayout(job)
+    assert layout.measured_points()
+    for pid in layout.measured_points():  # tiny.yaml asks for a refit of every front point
+        refit = json.loads(layout.measured(pid).read_text())["healing"]["refit"]
+        assert refit["tokens"] == 8192 and refit["subblocks_refit"] > 0, refit
+        if refit["kept"]:
+            assert refit["eval_kl_after"] <= refit["eval_kl_before"], refit
     alternates = read_alternates(job)
     measured = {p.stem: json.loads(p.read_text())["kl"] for p in (job / "rerank").glob("*.json")}
     assert set(measured) == set(alternates["point_id"])
