@@ -3,14 +3,15 @@ the recipe ablation, every student timed side by side with the exported parent.
 
 Each ``--job LABEL=JOB`` is a finished job (``search_spaces/quality.yaml`` and its ablation
 ``bench/specs/*.yaml``) with the same ``eval.sets``. Every exported student
-(``students/<id>/onnx/model.onnx``, GKD-healed when the job's spec has ``export.gkd``) and a
+(``students/<id>/onnx/model.onnx``, healed when the spec has ``export.refit``/``gkd``) and a
 fresh export of the parent are timed in one process, in rotated rounds
 (``bench/healed_front.rotated_rounds``), at batch 1 and ``--seq`` tokens with ``--threads``
 onnxruntime threads. Quality per eval set (perplexity ratio to the parent, KL): the healed
 students' are the job's own measured columns (``measured_perplexity@SET``...); for a job with
-GKD, ``--before-gkd`` also assembles each point from the library without GKD and measures it
-on the same eval-set tokens (same architecture, so the same timing). Then the best
-perplexity ratio on ``--set`` at >= 1.2x and >= 1.5x measured speed-up per recipe.
+``export.refit`` or ``export.gkd``, ``--before-gkd`` also assembles each point from the library
+without either and measures it on the same eval-set tokens (same architecture, so the same
+timing). Then the best perplexity ratio on ``--set`` at >= 1.2x and >= 1.5x measured speed-up
+per recipe.
 
     python bench/general_quality.py --job mix=qmix --job stories=qstories [--before-gkd]
         [--results results] [--repeats 20] [--threads 1] [--seq 256] [--set books]
@@ -48,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--set", default="books", help="eval set the best ratios are taken on")
-    ap.add_argument("--before-gkd", action="store_true", help="also measure students before GKD")
+    ap.add_argument(
+        "--before-gkd",
+        action="store_true",
+        help="also measure students as assembled (no refit, no GKD)",
+    )
     ap.add_argument("--name", default="general_quality")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = JobLayout(job)
         parent_q = json.loads(layout.parent_measured.read_text())
         front = {r["point_id"]: r for r in layout.front_records()}
-        gkd = spec.export.gkd
+        healing = _healing(spec.export)
         for name in [n for n in paths if n.startswith(label + "/")]:
             pid = name.split("/", 1)[1]
             point = front.get(pid, {})
@@ -117,18 +122,16 @@ def main(argv: list[str] | None = None) -> int:
                 s: {m: point.get(f"measured_{m}@{s}") for m in ("perplexity", "kl")} for s in sets
             }
             rows.append(
-                base
-                | {"GKD": f"{gkd.tokens} tokens" if gkd else "none"}
-                | _quality_cells(healed, parent_q, sets)
+                base | {"healing": healing or "none"} | _quality_cells(healed, parent_q, sets)
             )
-            if gkd and args.before_gkd:
+            if healing and args.before_gkd:
                 raw = _before_gkd(job, parent, point, sets, spec.scoring.batch_size)
                 rows.append(
                     base
-                    | {"GKD": "none (same point before GKD)"}
+                    | {"healing": "none (same point as assembled)"}
                     | _quality_cells(raw, parent_q, sets)
                 )
-    rows.sort(key=lambda r: (r["recipe"], -r["speed-up"], r["GKD"]))
+    rows.sort(key=lambda r: (r["recipe"], -r["speed-up"], r["healing"]))
     tokens = ", ".join(f"{s.name} {s.tokens} tokens" for s in next(iter(specs.values())).eval.sets)
     command = "python bench/general_quality.py " + " ".join(f"--job {j}" for j in args.job)
     command += " --before-gkd" * args.before_gkd + (
@@ -156,6 +159,13 @@ def _student_graphs(job: Path) -> list[Path]:
     return JobLayout(job).onnx_graphs()
 
 
+def _healing(export) -> str:
+    """What healed the job's exported students: ``refit N + GKD M tokens``, or ''."""
+    steps = [f"refit {export.refit.tokens:,}"] if export.refit else []
+    steps += [f"GKD {export.gkd.tokens:,}"] if export.gkd else []
+    return " + ".join(steps) + " tokens" * bool(steps)
+
+
 def _quality_cells(values: dict, parent_q: dict, sets: list[str]) -> dict:
     out = {}
     for s in sets:
@@ -167,7 +177,7 @@ def _quality_cells(values: dict, parent_q: dict, sets: list[str]) -> dict:
 
 
 def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int) -> dict:
-    """The point assembled from the job's library without GKD, measured on the job's eval sets."""
+    """The point assembled from the job's library (no refit, no GKD), measured on the eval sets."""
     from safetensors.torch import load_file
 
     from compress.evaluate import evaluate
@@ -185,18 +195,18 @@ def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int
 
 def _best(rows: list[dict], on: str, sets: list[str]) -> list[dict]:
     best = []
-    for recipe in dict.fromkeys((r["recipe"], r["GKD"]) for r in rows):
-        mine = [r for r in rows if (r["recipe"], r["GKD"]) == recipe]
+    for recipe in dict.fromkeys((r["recipe"], r["healing"]) for r in rows):
+        mine = [r for r in rows if (r["recipe"], r["healing"]) == recipe]
         for floor in (1.2, 1.5):
             fast = [r for r in mine if r["speed-up"] >= floor * 0.97]
             if not fast:
-                best.append({"recipe": recipe[0], "GKD": recipe[1], "speed-up >=": floor})
+                best.append({"recipe": recipe[0], "healing": recipe[1], "speed-up >=": floor})
                 continue
             r = min(fast, key=lambda r: r[f"ppl ratio @{on}"])
             best.append(
                 {
                     "recipe": recipe[0],
-                    "GKD": recipe[1],
+                    "healing": recipe[1],
                     "speed-up >=": floor,
                     "point": r["point"],
                     "speed-up": r["speed-up"],

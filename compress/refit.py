@@ -13,7 +13,9 @@ with ``z_s`` what the projection reads in the student and ``x_p'`` the parent's 
 the same subblock. The fitted weight is then used for the rest of the walk, so a later layer
 also corrects what an earlier one could not. Subblocks still on the parent's exact stream (the
 untouched prefix) are left alone; no-op subblocks have nothing to fit. Nothing is trained by
-gradient: one forward pass of each model per layer and one solve per projection.
+gradient: one forward pass of each model per layer and one solve per projection. Memory: the
+two residual streams over all the tokens, plus one projection's inputs (tokens x its input
+width, e.g. 65,536 x 1,536 floats, 400 MB, for SmolLM2-135M's FFN) and its Gram matrix.
 """
 
 from __future__ import annotations
