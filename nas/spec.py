@@ -372,8 +372,8 @@ class RaySection(_Section):
         None,
         description='custom resource of the target-hardware nodes that measure latency, e.g. "hw:h100"',
     )
-    gpus_per_task: float = Field(  # 0: CPU only
-        0, ge=0, le=64, description="GPUs each BLD task asks Ray for (fractions share a GPU)"
+    gpus_per_task: float = Field(
+        0, ge=0, le=64, description="GPUs per BLD task (fractions share a GPU; 0: CPU only)"
     )
 
 

@@ -90,7 +90,9 @@ def stage_students(
             )
         formats = _export(spec, store, student, parent, point, folder, report)
         exported[pid] = formats
-        atomic_write_json(marker, {"point_id": pid, "healing": healing, "formats": formats, **measured})
+        atomic_write_json(
+            marker, {"point_id": pid, "healing": healing, "formats": formats, **measured}
+        )
         store.set_progress("students", i + 1, len(front))
     record = {
         "measured": len(front) if latency_fn is not None else 0,
