@@ -7,15 +7,17 @@ Each ``--job LABEL=JOB`` is a finished job (``search_spaces/quality.yaml`` and i
 fresh export of the parent are timed in one process, in rotated rounds
 (``bench/healed_front.rotated_rounds``), at batch 1 and ``--seq`` tokens with ``--threads``
 onnxruntime threads. Quality per eval set (perplexity ratio to the parent, KL): the healed
-students' are the job's own measured columns (``measured_perplexity@SET``...); for a job with
+students' are the job's own measured columns (``measured_perplexity@SET``...), and the
+``ort`` columns the same measured from the exported graphs in onnxruntime (``--int8-parent``
+adds the baseline of quantizing every subblock of the parent to int8, no search); for a job with
 ``export.refit`` or ``export.gkd``, ``--before-gkd`` also assembles each point from the library
 without either and measures it on the same eval-set tokens (same architecture, so the same
 timing). Then the best perplexity ratio on ``--set`` at >= 1.2x and >= 1.5x measured speed-up
 per recipe.
 
     python bench/general_quality.py --job mix=qmix --job stories=qstories [--before-gkd]
-        [--results results] [--repeats 20] [--threads 1] [--seq 256] [--set books]
-        [--name general_quality]
+        [--int8-parent] [--results results] [--repeats 20] [--threads 1] [--seq 256]
+        [--set books] [--name general_quality]
 
 Writes results/bench/NAME.csv, NAME.md and NAME_best.md. Exit 2 with one line when a job has
 no exported students or no eval sets.
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         "--before-gkd",
         action="store_true",
         help="also measure students as assembled (no refit, no GKD)",
+    )
+    ap.add_argument(
+        "--int8-parent",
+        action="store_true",
+        help="also time and measure the parent with every subblock int8 (quantization, no search)",
     )
     ap.add_argument("--name", default="general_quality")
     args = ap.parse_args(argv)
@@ -94,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             exporter="torchscript",
         )
         paths = {"parent": exported.prefill} | paths
+        if args.int8_parent:
+            paths[INT8_PARENT] = _int8_parent(parent, folder / "int8", decoder)
         times = time_prompts(paths, parent.shape.vocab_size, args.seq, args.threads, args.repeats)
+        eval_sets = {s: JobLayout(next(iter(jobs.values()))).eval_set(s) for s in sets}
+        deployed = ort_quality(paths, eval_sets)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     parent_ms = float(np.median(times["parent"]))
@@ -122,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 s: {m: point.get(f"measured_{m}@{s}") for m in ("perplexity", "kl")} for s in sets
             }
             rows.append(
-                base | {"healing": healing or "none"} | _quality_cells(healed, parent_q, sets)
+                base
+                | {"healing": healing or "none"}
+                | _quality_cells(healed, parent_q, sets)
+                | {f"ort ppl ratio @{s}": deployed[name][s]["ratio"] for s in sets}
+                | {f"ort KL @{s}": deployed[name][s]["kl"] for s in sets}
             )
             if healing and args.before_gkd:
                 raw = _before_gkd(job, parent, point, sets, spec.scoring.batch_size)
@@ -131,11 +146,29 @@ def main(argv: list[str] | None = None) -> int:
                     | {"healing": "none (same point as assembled)"}
                     | _quality_cells(raw, parent_q, sets)
                 )
+    if args.int8_parent:
+        rows.append(
+            {
+                "recipe": INT8_PARENT,
+                "point": "",
+                "target": "",
+                "speed-up": round(parent_ms / float(np.median(times[INT8_PARENT])), 3),
+                "paired": round(
+                    float(np.median(np.asarray(times["parent"]) / np.asarray(times[INT8_PARENT]))),
+                    3,
+                ),
+                "healing": "none",
+            }
+            | {f"ort ppl ratio @{s}": deployed[INT8_PARENT][s]["ratio"] for s in sets}
+            | {f"ort KL @{s}": deployed[INT8_PARENT][s]["kl"] for s in sets}
+        )
     rows.sort(key=lambda r: (r["recipe"], -r["speed-up"], r["healing"]))
     tokens = ", ".join(f"{s.name} {s.tokens} tokens" for s in next(iter(specs.values())).eval.sets)
     command = "python bench/general_quality.py " + " ".join(f"--job {j}" for j in args.job)
-    command += " --before-gkd" * args.before_gkd + (
-        f" --name {args.name}" if args.name != "general_quality" else ""
+    command += (
+        " --before-gkd" * args.before_gkd
+        + " --int8-parent" * args.int8_parent
+        + (f" --name {args.name}" if args.name != "general_quality" else "")
     )
     notes = (
         f"Parent median {parent_ms:.1f} ms; onnxruntime CPU, {args.threads} thread(s), batch 1, {args.seq} tokens, "
@@ -152,6 +185,52 @@ def main(argv: list[str] | None = None) -> int:
         "Speed-up floors allow 3 % (a point at 0.97 x the floor counts) for timing noise.",
     )
     return 0
+
+
+INT8_PARENT = "int8 parent"  # the baseline row: every subblock int8, nothing searched
+
+
+def _int8_parent(parent, out: Path, decoder: bool) -> Path:
+    """The parent with every attention and FFN subblock ``int8``, exported like the students."""
+    from compress.export_onnx import export_onnx
+    from compress.student import assemble_student
+
+    choices = [["attention:int8", "ffn:int8"]] * parent.adapter.num_layers
+    student = assemble_student(parent.adapter, choices).eval()
+    layout = "decoder" if decoder else "prefill"
+    return export_onnx(student, out, parity=False, layout=layout, exporter="torchscript").prefill
+
+
+def ort_quality(paths: dict, eval_sets: dict, threads: int = 2) -> dict:
+    """Per graph of ``paths`` (``parent`` first) and eval set: the perplexity ratio to the
+    parent and KL(parent || graph) per token, computed from the exported graphs' own logits in
+    onnxruntime (what is deployed: int8 subblocks round there, not in torch)."""
+    from safetensors.torch import load_file
+
+    from compress.export_onnx import empty_past, ort_session
+
+    sessions = {name: ort_session(path, threads) for name, path in paths.items()}
+    out: dict = {name: {} for name in paths}
+    for s, file in eval_sets.items():
+        nll = {name: [] for name in paths}
+        kl = {name: [] for name in paths}
+        for row in load_file(str(file))["tokens"].numpy():
+            ref = None
+            for name, session in sessions.items():
+                logits = session.run(None, {"input_ids": row[None], **empty_past(session, 1)})[0]
+                lp = logits[0].astype(np.float64)
+                lp -= lp.max(-1, keepdims=True)
+                lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+                ref = lp if ref is None else ref
+                nll[name].append(-lp[np.arange(len(row) - 1), row[1:]].mean())
+                kl[name].append((np.exp(ref) * (ref - lp)).sum(-1).mean())
+        for name in paths:
+            ratio = np.exp(np.mean(nll[name]) - np.mean(nll["parent"]))
+            out[name][s] = {
+                "ratio": round(float(ratio), 3),
+                "kl": round(float(np.mean(kl[name])), 4),
+            }
+    return out
 
 
 def _student_graphs(job: Path) -> list[Path]:
@@ -194,6 +273,13 @@ def _before_gkd(job: Path, parent, point: dict, sets: list[str], batch_size: int
 
 
 def _best(rows: list[dict], on: str, sets: list[str]) -> list[dict]:
+    """Per recipe and healing, the lowest perplexity ratio on ``on`` at >= 1.2x and >= 1.5x
+    (the job's torch measurement; onnxruntime's where there is none, as for the int8 parent)."""
+
+    def ratio(r: dict) -> float:
+        torch_ratio = r.get(f"ppl ratio @{on}")
+        return torch_ratio if torch_ratio is not None else r[f"ort ppl ratio @{on}"]
+
     best = []
     for recipe in dict.fromkeys((r["recipe"], r["healing"]) for r in rows):
         mine = [r for r in rows if (r["recipe"], r["healing"]) == recipe]
@@ -202,7 +288,7 @@ def _best(rows: list[dict], on: str, sets: list[str]) -> list[dict]:
             if not fast:
                 best.append({"recipe": recipe[0], "healing": recipe[1], "speed-up >=": floor})
                 continue
-            r = min(fast, key=lambda r: r[f"ppl ratio @{on}"])
+            r = min(fast, key=ratio)
             best.append(
                 {
                     "recipe": recipe[0],
@@ -211,7 +297,8 @@ def _best(rows: list[dict], on: str, sets: list[str]) -> list[dict]:
                     "point": r["point"],
                     "speed-up": r["speed-up"],
                 }
-                | {f"ppl ratio @{s}": r[f"ppl ratio @{s}"] for s in sets}
+                | {f"ppl ratio @{s}": r.get(f"ppl ratio @{s}") for s in sets}
+                | {f"ort ppl ratio @{s}": r.get(f"ort ppl ratio @{s}") for s in sets}
             )
     return best
 

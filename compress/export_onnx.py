@@ -48,8 +48,10 @@ from compress.atomic import atomic_write_json
 from compress.blocks import NoopSubblock
 from compress.errors import UserError
 from compress.export.compact import compact_onnx
-from compress.export.parity import greedy_verdict, parity_limits
+from compress.export.nas_llm_layers import is_int8
+from compress.export.parity import greedy_verdict, int8_verdict, parity_limits
 from compress.model import BlockModel
+from compress.quantize_onnx import quantize_int8_matmuls
 
 PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"
@@ -167,6 +169,8 @@ def export_onnx(
             _export_prefill(model, layers, tmp / PREFILL_FILE, opset, exporter)
         for name in set(files) & {DECODE_FILE, DECODER_FILE}:
             _export_decode(model, layers, tmp / name, opset, exporter)
+        for name in files:  # int8 subblocks: their MatMuls become integer ones
+            quantize_int8_matmuls(tmp / name, model)
         if layout != "prefill":  # deployed graphs: weights once, no annotations
             for name in files:
                 compact_onnx(tmp / name)
@@ -190,7 +194,11 @@ def export_onnx(
             "cache": layers,
             "inputs": ["input_ids", *cache_names(layers, "past_key_values")],
             "outputs": ["logits", *cache_names(layers, "present")],
-            "dynamic_axes": {"batch": "dim 0", "seq": "input_ids dim 1", "past": "cache dim 2, per cache"},
+            "dynamic_axes": {
+                "batch": "dim 0",
+                "seq": "input_ids dim 1",
+                "past": "cache dim 2, per cache",
+            },
             "exporter": exporter,
             "export_seconds": seconds,
             "torch": torch.__version__,
@@ -411,11 +419,17 @@ def parity_check(
     record["prefill_cache_max_abs_diff"] = max(
         (_max_diff(a, b) for a, b in zip(present, flat_ref, strict=True)), default=0.0
     )
-    checks = [
-        record["prefill_max_abs_diff"] <= limit,
-        record["prefill_cache_max_abs_diff"] <= cache_limit,
-    ]
-    summary = f"prefill {record['prefill_max_abs_diff']:.2e}"
+    int8 = is_int8(model)
+    if int8:  # distributions, not logits (``int8_verdict``); caches and greedy only recorded
+        record["int8_prefill"] = int8_verdict(model, prompt_ids, ref_logits, logits)
+        checks = [record["int8_prefill"]["passed"]]
+        summary = f"int8 prefill KL {record['int8_prefill']['kl_runtime']:.2e}"
+    else:
+        checks = [
+            record["prefill_max_abs_diff"] <= limit,
+            record["prefill_cache_max_abs_diff"] <= cache_limit,
+        ]
+        summary = f"prefill {record['prefill_max_abs_diff']:.2e}"
     if layout["decode"]:
         runner = OrtDecoder(out)
         token = ref_logits[:, -1].argmax(-1, keepdim=True)
@@ -431,16 +445,24 @@ def parity_check(
         ref_tokens = model.generate_greedy(first, greedy_tokens).numpy()
         ort_tokens = runner.generate_greedy(first.numpy(), greedy_tokens)
         record.update(greedy_verdict(model, first, ref_tokens, ort_tokens, limit))
-        checks += [
-            record["decode_max_abs_diff"] <= limit,
-            record["decode_cache_max_abs_diff"] <= cache_limit,
-            record["greedy_equal"] or record["greedy_tie"],
-        ]
-        summary += f", decode {record['decode_max_abs_diff']:.2e}, greedy " + (
+        if int8:
+            record["int8_decode"] = int8_verdict(
+                model, torch.cat([prompt_ids, token], 1), ref_step, step
+            )
+            checks.append(record["int8_decode"]["passed"])
+        else:
+            checks += [
+                record["decode_max_abs_diff"] <= limit,
+                record["decode_cache_max_abs_diff"] <= cache_limit,
+                record["greedy_equal"] or record["greedy_tie"],
+            ]
+        step_diff = record["int8_decode"]["kl_runtime"] if int8 else record["decode_max_abs_diff"]
+        summary += f", decode {step_diff:.2e}, greedy " + (
             "equal" if record["greedy_equal"] else f"differs at {record['greedy_first_mismatch']}"
         )
     record["passed"] = bool(all(checks))
-    record["summary"] = summary + f" (limit {limit:.2g})"
+    shown = record["int8_prefill"]["kl_limit"] if int8 else limit
+    record["summary"] = summary + f" (limit {shown:.2g}{' nats per token' * int8})"
     atomic_write_json(out / "parity.json", record)
     return record
 

@@ -132,6 +132,12 @@ def build_engine(
     }
 
 
+INT8_REFUSAL = (
+    "int8 subblocks are onnxruntime's dynamic quantization, which TensorRT does not run: "
+    "export this student as onnx, or search without int8 variants for TensorRT"
+)
+
+
 def export_tensorrt(
     model,
     out_dir: str | os.PathLike,
@@ -149,8 +155,11 @@ def export_tensorrt(
 
     import torch
 
+    from compress.export.nas_llm_layers import is_int8
     from compress.export_onnx import DECODE_FILE, PREFILL_FILE, export_onnx
 
+    if is_int8(model):
+        raise EngineBuildError(INT8_REFUSAL)
     import_tensorrt()
     if precision not in PRECISIONS:
         raise EngineBuildError(f"unknown precision {precision!r}; use one of {PRECISIONS}")

@@ -22,6 +22,7 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.model import BlockModel
+from compress.quantize_onnx import int8_linears, quantize_int8_matmuls
 from compress.tensorrt_backend import BackendUnavailable, TensorRTBackend
 
 BACKENDS = ("onnxruntime-cpu", "torch-cpu", "torch-cuda", "tensorrt")
@@ -244,6 +245,7 @@ class OnnxRuntimeCPU:
     def prepare(self, graph: Graph, workdir: Path) -> Callable[[], float]:
         graph = in_float32(graph)  # a bfloat16/float16 run's model is timed at the profile's fp32
         path = export_onnx(graph, workdir / f"g{len(list(workdir.iterdir()))}.onnx")
+        quantize_int8_matmuls(path, graph.module)  # int8 subblocks time as deployed
         so = self.ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
         so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
@@ -335,6 +337,10 @@ class TensorRT:
 
     def prepare(self, graph: Graph, workdir: Path) -> Callable[[], float]:
         graph = in_float32(graph)  # a bfloat16/float16 run's model is timed at the profile's fp32
+        if int8_linears(graph.module):
+            from compress.export_tensorrt import INT8_REFUSAL
+
+            raise UserError(INT8_REFUSAL)
         path = export_onnx(graph, workdir / f"g{len(list(workdir.iterdir()))}.onnx")
         return self.trt.prepare(path, graph.inputs)
 

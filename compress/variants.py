@@ -1,8 +1,8 @@
 """Variant specs: which replacement a subblock gets, as frozen, torch-free records.
 
 Each spec has one canonical string, e.g. ``attention:parent``, ``attention:kv_heads=1``,
-``attention:linear``, ``attention:noop``, ``ffn:parent``, ``ffn:width=768``, ``ffn:linear``,
-``ffn:noop``. ``parse_space`` turns the entries of a spec's ``space`` section (FFN widths may be
+``attention:linear``, ``attention:noop``, ``attention:int8``, ``ffn:parent``, ``ffn:width=768``,
+``ffn:linear``, ``ffn:noop``, ``ffn:int8``. ``parse_space`` turns the entries of a spec's ``space`` section (FFN widths may be
 ratios of the parent's width) into canonical specs for one model shape.
 """
 

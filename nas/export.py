@@ -103,8 +103,9 @@ def job_splits(spec: SearchSpec, store: JobStore, parent):
 def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: Report = print):
     """The point's student from the job's library, refit and healed with GKD if the spec asks.
 
-    ``export.refit`` runs first (``compress.refit``) and is kept only when it lowers the KL on
-    the job's calibration eval split; ``export.gkd`` then trains the result. Returns (student
+    ``export.refit`` runs first (``compress.refit``), then ``export.gkd`` trains the result;
+    each is kept only when it does not raise the KL on the job's calibration eval split (a
+    record's ``kept``), else undone. Returns (student
     BlockModel, record or None): ``{"refit": ..., "gkd": ...}`` for the steps that ran.
     """
     from compress.student import assemble_student, library_loader
@@ -134,12 +135,17 @@ def build_point(store: JobStore, spec: SearchSpec, parent, point: dict, report: 
             hidden_weight=g.hidden_weight,
             train_embeddings=g.train_embeddings,
         )
-        student, record["gkd"] = heal_student(
+        saved = {k: v.clone() for k, v in student.state_dict().items()}
+        student, gkd = heal_student(
             student, parent.adapter, splits.train, settings, splits.eval, report=report
         )
+        gkd["kept"] = gkd["eval_kl_after"] <= gkd["eval_kl_before"]
+        if not gkd["kept"]:  # a student already close to the parent can be pushed away
+            student.load_state_dict(saved)
+        record["gkd"] = gkd
         report(
-            f"[export] GKD: eval KL {record['gkd']['eval_kl_before']:.4f} -> "
-            f"{record['gkd']['eval_kl_after']:.4f}"
+            f"[export] GKD: eval KL {gkd['eval_kl_before']:.4f} -> {gkd['eval_kl_after']:.4f}"
+            + ("" if gkd["kept"] else " (worse: undone)")
         )
     return student, record
 

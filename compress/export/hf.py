@@ -196,7 +196,8 @@ def hf_parity(
     its memory-mapped weights and the loaded folder's are not resident at the same time."""
     from transformers import AutoModelForCausalLM
 
-    from compress.export.parity import greedy_verdict, parity_limits
+    from compress.export.nas_llm_layers import is_int8
+    from compress.export.parity import greedy_verdict, int8_verdict, parity_limits
 
     dtype = model.embed_tokens.weight.dtype
     if prompt_ids is None:
@@ -219,8 +220,17 @@ def hf_parity(
     record["max_abs_diff"] = diff
     record.update(greedy_verdict(model, prompt_ids, ours.numpy(), theirs.numpy(), limit))
     record["passed"] = diff <= limit and (record["greedy_equal"] or record["greedy_tie"])
-    record["summary"] = f"logits {diff:.2e} (limit {limit:.2g}), greedy " + (
-        "equal" if record["greedy_equal"] else f"differs at {record['greedy_first_mismatch']}"
+    summary = f"logits {diff:.2e} (limit {limit:.2g})"
+    if is_int8(model):  # distributions, not logits; greedy only recorded (``int8_verdict``)
+        record["int8"] = int8_verdict(model, prompt_ids, ref, got)
+        record["passed"] = record["int8"]["passed"]
+        summary = (
+            f"int8 KL {record['int8']['kl_runtime']:.2e} (limit {record['int8']['kl_limit']:.2g})"
+        )
+    record["summary"] = (
+        summary
+        + ", greedy "
+        + ("equal" if record["greedy_equal"] else f"differs at {record['greedy_first_mismatch']}")
     )
     atomic_write_json(folder / "parity.json", record)
     return record

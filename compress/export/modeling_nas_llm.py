@@ -16,7 +16,9 @@ They are self-contained: they import only torch and transformers (never this pro
   ``replace_with_linear`` (``input_layernorm`` then one hidden x hidden ``linear_attn``, no
   KV cache);
 - ffn: the gated MLP of width ``intermediate_size`` after ``post_attention_layernorm``, or
-  ``no_op``, or ``replace_with_linear`` (``post_attention_layernorm`` then ``linear_mlp``).
+  ``no_op``, or ``replace_with_linear`` (``post_attention_layernorm`` then ``linear_mlp``);
+- either with ``int8: true``: its linear layers (``INT8_LINEARS``) computed as onnxruntime's
+  dynamic int8 quantization computes them (``DynamicInt8Linear``; float weights in the file).
 
 The KV cache holds one entry per layer *with* attention, numbered in layer order, so layers
 without attention keep no cache. Rotary inverse frequencies are stored in the checkpoint
@@ -37,7 +39,7 @@ except ImportError:  # transformers 4.x
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .nas_llm_layers import RMSNorm, activation, apply_rotary
+from .nas_llm_layers import INT8_LINEARS, RMSNorm, activation, apply_rotary, quantize_linears
 
 # transformers 5 calls the cache ``cache``; 4.x called it ``past_key_values``
 _CACHE_FIELD = (
@@ -189,6 +191,8 @@ class NasLlmDecoderLayer(nn.Module):
                 kv = attn.get("num_key_value_heads") or config.num_key_value_heads
                 window = attn.get("sliding_window")
                 self.self_attn = NasLlmAttention(config, kv, cache_index, window)
+                if attn.get("int8"):
+                    quantize_linears(self.self_attn, INT8_LINEARS["attention"])
         self.mlp = None
         if not ffn.get("no_op"):
             self.post_attention_layernorm = RMSNorm(config.hidden_size, eps)
@@ -197,6 +201,8 @@ class NasLlmDecoderLayer(nn.Module):
             else:
                 width = ffn.get("intermediate_size") or config.intermediate_size
                 self.mlp = NasLlmMLP(config, width)
+                if ffn.get("int8"):
+                    quantize_linears(self.mlp, INT8_LINEARS["ffn"])
 
     @property
     def has_kv_cache(self) -> bool:

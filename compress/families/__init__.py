@@ -9,6 +9,7 @@ from compress.families import (  # noqa: F401  (each import registers its family
     attention_gqa,
     attention_window,
     ffn_width,
+    int8,
     linear,
     noop,
     parent,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from compress.blocks import GatedFFN, GQAttention
+from compress.export.nas_llm_layers import is_int8
 from compress.families.attention_gqa import attention_params, empty_gqa, gqa_block
 from compress.families.base import Family, register
 from compress.families.ffn_width import empty_ffn, ffn_block, ffn_params
@@ -34,12 +35,15 @@ class Parent(Family):
             return empty_gqa(arch, s.num_kv_heads)
         return empty_ffn(arch, s.intermediate_size)
 
+    @staticmethod
+    def parent_shaped(kind, module, shape) -> bool:
+        """``module`` has the parent's class and sizes (whatever its layers compute in)."""
+        if kind == "attention":
+            return type(module) is GQAttention and module.num_kv_heads == shape.num_kv_heads
+        return type(module) is GatedFFN and module.intermediate_size == shape.intermediate_size
+
     def recognise(self, kind, module, shape):
-        full = (
-            type(module) is GQAttention and module.num_kv_heads == shape.num_kv_heads
-            if kind == "attention"
-            else type(module) is GatedFFN and module.intermediate_size == shape.intermediate_size
-        )
+        full = self.parent_shaped(kind, module, shape) and not is_int8(module)
         return VariantSpec(kind, self.type) if full else None
 
     def hf_block(self, spec, shape):
