@@ -157,3 +157,14 @@ def test_int8_variants_are_profiled_in_onnxruntime(stories_parent):
     prof = measure_profile(stories_parent.adapter, specs, s, students=2, report=lambda m: None)
     assert all(prof.entries[v].median_ms > 0 for v in names)
     assert prof.validation is not None and len(prof.validation.students) == 2
+
+
+def test_int8_refused_for_parents_over_2gb(stories_parent):
+    import dataclasses
+
+    big = dataclasses.replace(stories_parent.adapter.shape, num_layers=16, hidden_size=2048,
+                              num_heads=16, num_kv_heads=8, head_dim=128,
+                              intermediate_size=8192, vocab_size=128256)  # fmt: skip
+    with pytest.raises(ValueError, match="under 2 GB of fp32 weights"):
+        parse_space(["int8"], [], big)
+    parse_space(["int8"], ["int8"], stories_parent.adapter.shape)  # small parents are fine

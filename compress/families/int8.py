@@ -16,11 +16,31 @@ from compress.families.base import register
 from compress.families.parent import Parent
 from compress.variants import VariantSpec
 
+# the exported graph must hold its weights inline (protobuf's 2 GB) for the quantizer here
+MAX_FP32_BYTES = 2_000_000_000
+
+
+def fp32_bytes(shape) -> int:
+    """About the parent's fp32 weight bytes: layers, embeddings and (untied) head."""
+    layer = Parent().params(VariantSpec("attention", "parent"), shape) + Parent().params(
+        VariantSpec("ffn", "parent"), shape
+    )
+    heads = 1 if shape.tied_embeddings else 2
+    return 4 * (shape.num_layers * layer + heads * shape.vocab_size * shape.hidden_size)
+
 
 @register
 class Int8(Parent):
     type = "int8"
     homogeneous = False
+
+    def check(self, spec, shape):
+        if fp32_bytes(shape) > MAX_FP32_BYTES:
+            raise ValueError(
+                f"{spec}: int8 subblocks need a parent under 2 GB of fp32 weights (its ONNX graph "
+                "keeps them inline); this one has about "
+                f"{fp32_bytes(shape) / 1e9:.1f} GB"
+            )
 
     def build(self, spec, parent, init):
         if not isinstance(parent, (GQAttention, GatedFFN)):
